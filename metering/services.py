@@ -1,0 +1,148 @@
+"""Writes of the metering app: API keys and event ingestion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from metering import normalize
+from metering.ingest import IngestResult, events_store
+from metering.models import ALL_SCOPES, DEFAULT_SCOPES, ApiKey, Source
+
+_decoder = msgspec.json.Decoder(float_hook=Decimal)
+
+
+class IngestError(Exception):
+    """A request that cannot be read at all; carries the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class IngestOutcome:
+    accepted: int
+    duplicates: int
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+        }
+        if self.conflicts:
+            body["conflicts"] = self.conflicts
+        return body
+
+    @property
+    def status(self) -> int:
+        # Nothing stored and something wrong: the request as a whole failed.
+        return 400 if self.accepted == 0 and self.duplicates == 0 and self.rejected else 202
+
+
+def api_key_create(
+    *, source_name: str, scopes: Iterable[str] = DEFAULT_SCOPES, name: str = ""
+) -> tuple[ApiKey, str]:
+    """Create a key (and its source if new). Returns the key and the raw secret,
+    which is shown once and never stored."""
+    scope_list = sorted(set(scopes))
+    unknown = [s for s in scope_list if s not in ALL_SCOPES]
+    if unknown or not scope_list:
+        raise ValueError(f"scopes must be among {', '.join(ALL_SCOPES)}; got {unknown or 'none'}")
+    raw, prefix, secret = ApiKey.generate()
+    with transaction.atomic():
+        source, _ = Source.objects.get_or_create(name=source_name)
+        key = ApiKey.objects.create(
+            source=source,
+            name=name,
+            prefix=prefix,
+            secret_hash=ApiKey.hash_secret(secret),
+            scopes=scope_list,
+        )
+    return key, raw
+
+
+def api_key_revoke(*, prefix: str) -> ApiKey:
+    """Revoke a key by its public prefix. Idempotent: revoking twice keeps the first time."""
+    with transaction.atomic():
+        key = ApiKey.objects.select_for_update().get(prefix=prefix)
+        if key.revoked_at is None:
+            key.revoked_at = timezone.now()
+            key.save(update_fields=["revoked_at"])
+    return key
+
+
+def _decode(body: bytes) -> list[Any] | dict[str, Any]:
+    try:
+        payload = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise IngestError(400, f"Body is not valid JSON: {exc}") from None
+    if isinstance(payload, dict):
+        return payload
+    if isinstance(payload, list):
+        if not payload:
+            raise IngestError(400, "Body is an empty array: send at least one event.")
+        return payload
+    raise IngestError(400, "Body must be a JSON object (one event) or an array of events.")
+
+
+def events_ingest(*, source_id: int, body: bytes, cloudevents: str | None) -> IngestOutcome:
+    """Validate a request body and store its valid events exactly once.
+
+    `cloudevents` is None for native events, "single" for one CloudEvent, "batch"
+    for a CloudEvents batch. Raises IngestError for a body that is not events at all.
+    Returns only after the accepted events are committed."""
+    max_events: int = settings.INFERBILL_MAX_BATCH_EVENTS
+    payload = _decode(body)
+    if cloudevents == "single" and not isinstance(payload, dict):
+        raise IngestError(400, "application/cloudevents+json takes one CloudEvent object.")
+    if cloudevents == "batch" and not isinstance(payload, list):
+        raise IngestError(400, "application/cloudevents-batch+json takes an array of CloudEvents.")
+    raw_events = payload if isinstance(payload, list) else [payload]
+    if len(raw_events) > max_events:
+        raise IngestError(
+            413, f"Too many events: {len(raw_events)} in one request; the limit is {max_events}."
+        )
+    limits = normalize.Limits(
+        received_at=timezone.now(),
+        max_age=timedelta(days=settings.INFERBILL_MAX_EVENT_AGE_DAYS),
+        max_future=timedelta(seconds=settings.INFERBILL_MAX_EVENT_FUTURE_SECONDS),
+    )
+    parse = normalize.cloud_event if cloudevents else normalize.native_event
+    valid: list[normalize.NormalizedEvent] = []
+    rejected: list[dict[str, Any]] = []
+    for index, raw in enumerate(raw_events):
+        event, errors = parse(raw, limits=limits)
+        if event is None:
+            rejected.append(
+                {
+                    "index": index,
+                    "event_id": normalize.raw_event_id(raw, cloudevents=bool(cloudevents)),
+                    "errors": errors,
+                }
+            )
+        else:
+            valid.append(event)
+    stored = (
+        events_store(source_id=source_id, events=valid, received_at=limits.received_at)
+        if valid
+        else IngestResult()
+    )
+    return IngestOutcome(
+        accepted=stored.accepted,
+        duplicates=stored.duplicates,
+        rejected=rejected,
+        conflicts=stored.conflicts,
+    )
