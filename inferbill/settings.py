@@ -140,6 +140,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "metering-usage-rollup": {"task": "metering.tasks.usage_rollup_task", "schedule": 60.0},
     "metering-partitions-ensure": {
         "task": "metering.tasks.event_partitions_ensure_task",
         "schedule": 6 * 3600.0,

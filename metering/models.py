@@ -161,3 +161,35 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} ({self.customer}, {self.model})"
+
+
+class UsageRollup(models.Model):
+    """Hourly usage per customer × model × hardware × provider, folded from events.
+
+    Written only by metering.rollup, which folds whole committed ingest batches, so
+    a batch's events are either all here (its batch is folded) or all in the tail.
+    """
+
+    customer = models.CharField(max_length=128)
+    hour = models.DateTimeField()
+    model = models.CharField(max_length=256)
+    hardware = models.CharField(max_length=128, blank=True, default="")
+    provider = models.CharField(max_length=128, blank=True, default="")
+    requests = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    cache_read_input_tokens = models.BigIntegerField(default=0)
+    cache_write_input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_output_tokens = models.BigIntegerField(default=0)
+    gpu_seconds = models.DecimalField(max_digits=28, decimal_places=6, default=0)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["customer", "hour", "model", "hardware", "provider"],
+                name="usagerollup_unique_bucket",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer} {self.hour:%Y-%m-%d %H}h {self.model}"

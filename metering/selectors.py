@@ -1,16 +1,20 @@
-"""Reads of the metering app."""
+"""Reads of the metering app.
+
+Usage is read from the hourly rollups plus the tail of events not folded yet, in
+one SQL statement (one snapshot), so a number is exact at any moment: a batch is
+either folded (counted in the rollups) or not (counted from its events). Hours cut
+by a range that does not start or end on the hour are read from raw events.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from django.db.models import Count, Sum
-from django.db.models.functions import Coalesce, TruncDay
-
-from metering.models import Event
+from django.db import connection
 
 GroupBy = Literal["model", "hardware", "day"]
 TOKEN_METRICS = (
@@ -20,6 +24,9 @@ TOKEN_METRICS = (
     "output_tokens",
     "reasoning_output_tokens",
 )
+METRICS = ("requests", *TOKEN_METRICS, "gpu_seconds")
+GROUP_COLUMNS = ("customer", "model", "hardware", "provider", "day")
+SIX_PLACES = Decimal("0.000001")
 
 
 @dataclass(frozen=True)
@@ -37,17 +44,88 @@ def current_month(now: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _aggregates() -> dict[str, Any]:
-    aggregates: dict[str, Any] = {"requests": Count("id")}
-    for name in TOKEN_METRICS:
-        aggregates[name] = Coalesce(Sum(name), 0)
-    aggregates["gpu_seconds"] = Coalesce(Sum("gpu_seconds"), Decimal(0))
-    return aggregates
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = moment.replace(minute=0, second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(hours=1)
 
 
-def _clean(row: dict[str, Any]) -> dict[str, Any]:
-    out = {name: int(row[name]) for name in ("requests", *TOKEN_METRICS)}
-    out["gpu_seconds"] = format(Decimal(row["gpu_seconds"]).quantize(Decimal("0.000001")), "f")
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _day_expression(column: str) -> str:
+    if connection.vendor == "postgresql":
+        return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    return f"substr({column}, 1, 10)"  # SQLite stores UTC 'YYYY-MM-DD HH:MM:SS'
+
+
+def usage_rows(
+    *, customers: Sequence[str], start: datetime, end: datetime, group: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Usage of `customers` with start <= timestamp < end, summed per `group` (a subset of
+    customer, model, hardware, provider, day). Metrics: requests, the token classes and
+    gpu_seconds (Decimal). Each stored event is counted exactly once."""
+    unknown = set(group) - set(GROUP_COLUMNS)
+    if unknown:
+        raise ValueError(f"cannot group usage by {sorted(unknown)}")
+    if not customers:
+        return []
+    start = start.astimezone(UTC)
+    end = end.astimezone(UTC)
+    inner_start, inner_end = _ceil_hour(start), _floor_hour(end)
+    if inner_start >= inner_end:
+        # No whole hour inside: everything comes from raw events.
+        inner_start = inner_end = start
+        edges = [(start, end)]
+    else:
+        edges = [(start, inner_start), (inner_end, end)]
+    in_list = ", ".join(["%s"] * len(customers))
+    summed = ", ".join(TOKEN_METRICS)
+    event_columns = (
+        f'customer, "timestamp" AS ts, model, hardware, provider, 1 AS requests, {summed}, '
+        "gpu_seconds"
+    )
+    parts = [
+        f"SELECT customer, hour AS ts, model, hardware, provider, requests, {summed}, gpu_seconds "
+        f"FROM metering_usagerollup WHERE customer IN ({in_list}) AND hour >= %s AND hour < %s",
+        # The tail: events of batches not folded yet, anywhere in the range.
+        f"SELECT {event_columns} FROM metering_event e "
+        f'WHERE customer IN ({in_list}) AND "timestamp" >= %s AND "timestamp" < %s '
+        f"AND EXISTS (SELECT 1 FROM metering_ingestbatch b "
+        f"WHERE b.id = e.batch_id AND b.folded_at IS NULL)",
+    ]
+    at = connection.ops.adapt_datetimefield_value  # SQLite compares naive UTC text
+    params: list[Any] = [*customers, at(inner_start), at(inner_end), *customers, at(start), at(end)]
+    for edge_start, edge_end in edges:
+        if edge_start >= edge_end:
+            continue
+        # Folded events of hours the range cuts through.
+        parts.append(
+            f"SELECT {event_columns} FROM metering_event e "
+            f'WHERE customer IN ({in_list}) AND "timestamp" >= %s AND "timestamp" < %s '
+            f"AND EXISTS (SELECT 1 FROM metering_ingestbatch b "
+            f"WHERE b.id = e.batch_id AND b.folded_at IS NOT NULL)"
+        )
+        params += [*customers, at(edge_start), at(edge_end)]
+    keys = [_day_expression("ts") if g == "day" else g for g in group]
+    select_keys = "".join(f"{k} AS {g}, " for k, g in zip(keys, group, strict=True))
+    sums = ", ".join(f"COALESCE(SUM({m}), 0) AS {m}" for m in METRICS)
+    group_clause = f" GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}" if keys else ""
+    sql = f"SELECT {select_keys}{sums} FROM ({' UNION ALL '.join(parts)}) usage{group_clause}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        names = [col[0] for col in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for row in rows:
+        for metric in METRICS[:-1]:
+            row[metric] = int(row[metric])
+        row["gpu_seconds"] = Decimal(row["gpu_seconds"]).quantize(SIX_PLACES)
+    return rows
+
+
+def _render(row: dict[str, Any]) -> dict[str, Any]:
+    out = {metric: row[metric] for metric in METRICS[:-1]}
+    out["gpu_seconds"] = format(row["gpu_seconds"], "f")
     return out
 
 
@@ -55,19 +133,11 @@ def customer_usage(
     *, customer: str, start: datetime, end: datetime, group_by: GroupBy | None = None
 ) -> UsageReport:
     """Every stored event of `customer` with start <= timestamp < end, counted once."""
-    events = Event.objects.filter(customer=customer, timestamp__gte=start, timestamp__lt=end)
-    totals = _clean(events.aggregate(**_aggregates()))
+    totals = usage_rows(customers=[customer], start=start, end=end, group=())[0]
     groups: list[dict[str, Any]] = []
     if group_by is not None:
-        if group_by == "day":
-            rows = (
-                events.annotate(day=TruncDay("timestamp", tzinfo=UTC))
-                .values("day")
-                .annotate(**_aggregates())
-                .order_by("day")
-            )
-            groups = [{"day": row["day"].date().isoformat(), **_clean(row)} for row in rows]
-        else:
-            rows = events.values(group_by).annotate(**_aggregates()).order_by(group_by)
-            groups = [{group_by: row[group_by], **_clean(row)} for row in rows]
-    return UsageReport(customer=customer, start=start, end=end, totals=totals, groups=groups)
+        rows = usage_rows(customers=[customer], start=start, end=end, group=(group_by,))
+        groups = [{group_by: row[group_by], **_render(row)} for row in rows]
+    return UsageReport(
+        customer=customer, start=start, end=end, totals=_render(totals), groups=groups
+    )
