@@ -1,0 +1,506 @@
+"""Invoice services: compute, generate (draft, regenerated in place), finalize, void.
+
+Preconditions and guarantees:
+- `invoice_generate` may run any number of times, concurrently, for the same
+  subscription and period: the unique constraint (subscription, period_start) and a
+  row lock on the subscription make exactly one invoice, whose draft lines are
+  rewritten from the usage of the moment. A finalized invoice is never touched.
+- `invoice_finalize` recomputes a draft one last time and gives it the next
+  gap-free number, in one transaction.
+- Usage that arrives for a finalized period is billed as adjustment lines on the
+  customer's next invoice (the one whose subscription covers the end of its period),
+  computed as rate(quantity now) − rate(quantity billed so far), so tiers and
+  included units stay right and nothing is billed twice.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from billing import rating
+from billing.assign import ChargeRule, charge_quantities
+from billing.metering_view import UsageRow, usage_by_customer, usage_events
+from billing.models import (
+    Charge,
+    Invoice,
+    InvoiceLine,
+    InvoiceNumberSequence,
+    Subscription,
+)
+
+# Earlier invoices checked for late usage. The ingest lateness window (35 days by
+# default) means only the last period or two can still change; three is a margin.
+ADJUSTMENT_LOOKBACK_PERIODS = 3
+BILLED_STATUSES = (Invoice.Status.FINALIZED, Invoice.Status.PAID)
+
+
+def day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+# --- periods ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BillingPeriod:
+    start: date
+    end: date  # exclusive
+    service_start: date  # the part the subscription covers
+    service_end: date
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days
+
+    @property
+    def service_days(self) -> int:
+        return (self.service_end - self.service_start).days
+
+
+def _add_month(day: date, anchor_day: int) -> date:
+    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+    return date(year, month, min(anchor_day, calendar.monthrange(year, month)[1]))
+
+
+def subscription_periods(
+    subscription: Subscription, *, ended_before: date | None = None
+) -> Iterator[BillingPeriod]:
+    """The subscription's billing periods, in order; with `ended_before`, only those
+    whose period end is on or before that day."""
+    start, _ = rating.period_containing(
+        day=subscription.start_date, anchor_day=subscription.anchor_day
+    )
+    while True:
+        end = _add_month(start, subscription.anchor_day)
+        if ended_before is not None and end > ended_before:
+            return
+        if subscription.end_date is not None and start >= subscription.end_date:
+            return
+        service_start = max(start, subscription.start_date)
+        service_end = min(end, subscription.end_date) if subscription.end_date else end
+        if service_start < service_end:
+            yield BillingPeriod(start, end, service_start, service_end)
+        start = end
+
+
+def period_for(subscription: Subscription, period_start: date) -> BillingPeriod:
+    for period in subscription_periods(subscription):
+        if period.start == period_start:
+            return period
+        if period.start > period_start:
+            break
+    raise ValueError(f"{period_start} does not start a billing period of {subscription}")
+
+
+# --- computing lines ------------------------------------------------------------------
+
+
+@dataclass
+class LineDraft:
+    kind: str
+    description: str
+    amount_exact: Decimal
+    charge: Charge | None = None
+    metric: str = ""
+    filter: dict[str, Any] = field(default_factory=dict)
+    quantity: Decimal = Decimal(0)
+    included_units: Decimal = Decimal(0)
+    billable_quantity: Decimal = Decimal(0)
+    unit_price: Decimal | None = None
+    unit_size: Decimal = Decimal(1)
+    tiers_applied: list[dict[str, Any]] = field(default_factory=list)
+    adjusts_invoice: Invoice | None = None
+
+
+def _rules(charges: Sequence[Charge]) -> list[ChargeRule]:
+    return [
+        ChargeRule(charge_id=c.id, metric=c.metric, position=c.position, filter=c.filter or {})
+        for c in charges
+    ]
+
+
+def _charge_usage(
+    *,
+    customer: str,
+    charges: Sequence[Charge],
+    start: datetime,
+    end: datetime,
+    rows: list[UsageRow] | None,
+) -> dict[int, Decimal]:
+    """Quantity per charge for [start, end). `rows` are the pre-read aggregated rows when
+    the caller batched the read; plans with property charges read raw events."""
+    rules = _rules(charges)
+    if any(rule.needs_events for rule in rules):
+        rows = usage_events(customer=customer, start=start, end=end)
+    elif rows is None:
+        rows = usage_by_customer(customers=[customer], start=start, end=end)[customer]
+    return charge_quantities(rules=rules, rows=rows)
+
+
+def _tiers_json(rated: rating.RatedCharge) -> list[dict[str, Any]]:
+    return [
+        {
+            "from": str(t.from_units),
+            "to": None if t.to_units is None else str(t.to_units),
+            "units": str(t.units),
+            "unit_price": str(t.unit_price),
+            "flat_fee": str(t.flat_fee),
+            "amount": str(t.amount),
+        }
+        for t in rated.tiers_applied
+    ]
+
+
+def _scaled_spec(charge: Charge, period: BillingPeriod) -> rating.PriceSpec:
+    """Included units are per period: a partial period gets its prorated share."""
+    spec = charge.price_spec()
+    if period.service_days == period.days or not spec.included_units:
+        return spec
+    included = spec.included_units * period.service_days / period.days
+    return rating.PriceSpec(
+        price_model=spec.price_model,
+        unit_size=spec.unit_size,
+        unit_price=spec.unit_price,
+        tiers=spec.tiers,
+        package_size=spec.package_size,
+        included_units=included,
+    )
+
+
+def _usage_line(charge: Charge, spec: rating.PriceSpec, quantity: Decimal) -> LineDraft:
+    rated = rating.rate(spec=spec, quantity=quantity)
+    return LineDraft(
+        kind=InvoiceLine.Kind.USAGE,
+        description=charge.display_name,
+        amount_exact=rated.amount,
+        charge=charge,
+        metric=charge.metric,
+        filter=charge.filter or {},
+        quantity=quantity,
+        included_units=rated.included,
+        billable_quantity=rated.billable,
+        unit_price=spec.unit_price,
+        unit_size=spec.unit_size,
+        tiers_applied=_tiers_json(rated),
+    )
+
+
+def invoice_compute(
+    *, subscription: Subscription, period: BillingPeriod, rows: list[UsageRow] | None = None
+) -> list[LineDraft]:
+    """The lines of a subscription's invoice for one period (no adjustments)."""
+    plan = subscription.plan
+    currency = plan.currency
+    charges = list(plan.charges.all())
+    lines: list[LineDraft] = []
+    if plan.flat_fee:
+        fee = rating.prorate(
+            amount=Decimal(plan.flat_fee),
+            days_active=period.service_days,
+            days_in_period=period.days,
+        )
+        label = plan.name
+        if period.service_days != period.days:
+            label += f" ({period.service_days} of {period.days} days)"
+        lines.append(
+            LineDraft(
+                kind=InvoiceLine.Kind.FLAT_FEE,
+                description=label,
+                amount_exact=fee,
+                quantity=Decimal(period.service_days),
+                unit_price=Decimal(plan.flat_fee),
+            )
+        )
+    quantities = _charge_usage(
+        customer=subscription.customer.external_id,
+        charges=charges,
+        start=day_start(period.service_start),
+        end=day_start(period.service_end),
+        rows=rows,
+    )
+    usage_total = Decimal(0)
+    for charge in charges:
+        line = _usage_line(charge, _scaled_spec(charge, period), quantities[charge.id])
+        usage_total += rating.round_money(amount=line.amount_exact, currency=currency)
+        lines.append(line)
+    if plan.minimum:
+        minimum = rating.prorate(
+            amount=Decimal(plan.minimum),
+            days_active=period.service_days,
+            days_in_period=period.days,
+        )
+        true_up = rating.minimum_true_up(
+            usage_amount=usage_total,
+            minimum=rating.round_money(amount=minimum, currency=currency),
+        )
+        if true_up:
+            lines.append(
+                LineDraft(
+                    kind=InvoiceLine.Kind.MINIMUM,
+                    description=f"Minimum commitment true-up (minimum {minimum:.2f})",
+                    amount_exact=true_up,
+                )
+            )
+    return lines
+
+
+def _adjustment_lines(*, invoice: Invoice) -> list[LineDraft]:
+    """Late usage of the customer's earlier finalized invoices, not yet billed."""
+    if invoice.service_end != invoice.period_end:
+        return []  # adjustments ride on the invoice that covers the end of the period
+    earliest = invoice.period_start - timedelta(days=31 * ADJUSTMENT_LOOKBACK_PERIODS)
+    earlier = (
+        Invoice.objects.filter(
+            customer_id=invoice.customer_id,
+            status__in=BILLED_STATUSES,
+            period_start__lt=invoice.period_start,
+            period_start__gte=earliest,
+        )
+        .select_related("subscription__plan", "customer")
+        .order_by("period_start", "id")
+    )
+    lines: list[LineDraft] = []
+    for old in earlier:
+        charges = list(old.subscription.plan.charges.all())
+        if not charges:
+            continue
+        period = BillingPeriod(old.period_start, old.period_end, old.service_start, old.service_end)
+        now_quantities = _charge_usage(
+            customer=old.customer.external_id,
+            charges=charges,
+            start=day_start(old.service_start),
+            end=day_start(old.service_end),
+            rows=None,
+        )
+        billed: dict[int, Decimal] = {c.id: Decimal(0) for c in charges}
+        billed_lines = InvoiceLine.objects.filter(
+            Q(invoice=old, kind=InvoiceLine.Kind.USAGE)
+            | Q(
+                adjusts_invoice=old,
+                invoice__status__in=BILLED_STATUSES,
+            )
+        ).exclude(invoice=invoice)
+        for charge_id, quantity in billed_lines.values_list("charge_id", "quantity"):
+            if charge_id in billed:
+                billed[charge_id] += quantity
+        for charge in charges:
+            delta = now_quantities[charge.id] - billed[charge.id]
+            if delta == 0:
+                continue
+            spec = _scaled_spec(charge, period)
+            before = rating.rate(spec=spec, quantity=billed[charge.id])
+            after = rating.rate(spec=spec, quantity=now_quantities[charge.id])
+            lines.append(
+                LineDraft(
+                    kind=InvoiceLine.Kind.ADJUSTMENT,
+                    description=(
+                        f"{charge.display_name}: late usage for "
+                        f"{old.period_start:%Y-%m-%d}–{old.period_end:%Y-%m-%d} ({old.number})"
+                    ),
+                    amount_exact=after.amount - before.amount,
+                    charge=charge,
+                    metric=charge.metric,
+                    filter=charge.filter or {},
+                    quantity=delta,
+                    billable_quantity=after.billable - before.billable,
+                    unit_price=spec.unit_price,
+                    unit_size=spec.unit_size,
+                    adjusts_invoice=old,
+                )
+            )
+    return lines
+
+
+def _write_lines(invoice: Invoice, drafts: list[LineDraft]) -> None:
+    invoice.lines.all().delete()
+    rows = []
+    total = Decimal(0)
+    for position, d in enumerate(drafts):
+        amount = rating.round_money(amount=d.amount_exact, currency=invoice.currency)
+        total += amount
+        rows.append(
+            InvoiceLine(
+                invoice=invoice,
+                position=position,
+                kind=d.kind,
+                charge=d.charge,
+                description=d.description[:512],
+                metric=d.metric,
+                filter=d.filter,
+                quantity=d.quantity,
+                included_units=d.included_units,
+                billable_quantity=d.billable_quantity,
+                unit_price=d.unit_price,
+                unit_size=d.unit_size,
+                tiers_applied=d.tiers_applied,
+                amount_exact=d.amount_exact,
+                amount=amount,
+                adjusts_invoice=d.adjusts_invoice,
+            )
+        )
+    InvoiceLine.objects.bulk_create(rows)
+    invoice.total = total
+    invoice.computed_at = timezone.now()
+    invoice.save(update_fields=["total", "computed_at"])
+
+
+# --- generate / finalize / void ------------------------------------------------------------
+
+
+def invoice_generate(
+    *, subscription_id: int, period_start: date, rows: list[UsageRow] | None = None
+) -> Invoice:
+    """Create or refresh the draft invoice of one subscription and period.
+
+    Idempotent; a finalized, paid or void invoice is returned unchanged."""
+    with transaction.atomic():
+        # The subscription row lock serialises generators of the same subscription;
+        # the unique constraint would catch a racer anyway, this just avoids the error.
+        subscription = (
+            Subscription.objects.select_for_update()
+            .select_related("plan", "customer")
+            .get(pk=subscription_id)
+        )
+        period = period_for(subscription, period_start)
+        invoice, _ = Invoice.objects.get_or_create(
+            subscription=subscription,
+            period_start=period.start,
+            defaults={
+                "customer": subscription.customer,
+                "period_end": period.end,
+                "service_start": period.service_start,
+                "service_end": period.service_end,
+                "currency": subscription.plan.currency,
+            },
+        )
+        if not invoice.is_open:
+            return invoice
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if not invoice.is_open:
+            return invoice
+        drafts = invoice_compute(subscription=subscription, period=period, rows=rows)
+        drafts += _adjustment_lines(invoice=invoice)
+        _write_lines(invoice, drafts)
+    return invoice
+
+
+class InvoiceStateError(Exception):
+    pass
+
+
+def _next_number() -> str:
+    sequence, _ = InvoiceNumberSequence.objects.select_for_update().get_or_create(name="invoice")
+    sequence.last_value += 1
+    sequence.save(update_fields=["last_value"])
+    return f"INV-{sequence.last_value:06d}"
+
+
+def invoice_finalize(*, invoice_id: int, rows: list[UsageRow] | None = None) -> Invoice:
+    """Recompute a draft one last time, number it and freeze it. Idempotent on a
+    finalized invoice; refuses a void one. `rows`: usage already read by the caller
+    in this same cycle."""
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
+        if invoice.status in BILLED_STATUSES:
+            return invoice
+        if invoice.status != Invoice.Status.DRAFT:
+            raise InvoiceStateError(f"invoice {invoice_id} is {invoice.status}; cannot finalize")
+        invoice_generate(
+            subscription_id=invoice.subscription_id, period_start=invoice.period_start, rows=rows
+        )
+        invoice.refresh_from_db()
+        invoice.number = _next_number()
+        invoice.status = Invoice.Status.FINALIZED
+        invoice.finalized_at = timezone.now()
+        invoice.save(update_fields=["number", "status", "finalized_at"])
+    return invoice
+
+
+def invoice_void(*, invoice_id: int) -> Invoice:
+    """Void a draft or finalized invoice. Its number, if any, stays used (no gaps)."""
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
+        if invoice.status == Invoice.Status.VOID:
+            return invoice
+        if invoice.status == Invoice.Status.PAID:
+            raise InvoiceStateError(f"invoice {invoice_id} is paid; refund it instead of voiding")
+        invoice.status = Invoice.Status.VOID
+        invoice.voided_at = timezone.now()
+        invoice.save(update_fields=["status", "voided_at"])
+    return invoice
+
+
+# --- the cycle -----------------------------------------------------------------------------
+
+
+def due_periods(*, as_of: datetime) -> list[tuple[int, date]]:
+    """(subscription id, period start) of every period that ended on or before `as_of`
+    and is not finalized yet, oldest first."""
+    as_of_day = as_of.astimezone(UTC).date()
+    settled = set(
+        Invoice.objects.exclude(status=Invoice.Status.DRAFT).values_list(
+            "subscription_id", "period_start"
+        )
+    )
+    due: list[tuple[int, date]] = []
+    for subscription in Subscription.objects.filter(start_date__lt=as_of_day).order_by("id"):
+        for period in subscription_periods(subscription, ended_before=as_of_day):
+            if (subscription.id, period.start) not in settled:
+                due.append((subscription.id, period.start))
+    due.sort(key=lambda pair: (pair[1], pair[0]))
+    return due
+
+
+def grace_period() -> timedelta:
+    return timedelta(hours=settings.INFERBILL_INVOICE_GRACE_HOURS)
+
+
+def invoices_generate_chunk(
+    *, subscription_ids: Sequence[int], period_start: date, as_of: datetime
+) -> int:
+    """Generate (and, past the grace period, finalize) one period's invoices for a set
+    of subscriptions, reading their usage in one query. Returns invoices touched."""
+    subscriptions = list(
+        Subscription.objects.filter(id__in=subscription_ids).select_related("customer", "plan")
+    )
+    groups: dict[tuple[date, date], list[Subscription]] = {}
+    for subscription in subscriptions:
+        try:
+            period = period_for(subscription, period_start)
+        except ValueError:
+            continue
+        groups.setdefault((period.service_start, period.service_end), []).append(subscription)
+    touched = 0
+    for (service_start, service_end), members in groups.items():
+        usage = usage_by_customer(
+            customers=[s.customer.external_id for s in members],
+            start=day_start(service_start),
+            end=day_start(service_end),
+        )
+        past_grace = day_start(period_start) < as_of and (
+            day_start(service_end) + grace_period() <= as_of
+        )
+        for subscription in members:
+            rows = usage[subscription.customer.external_id]
+            try:
+                invoice = invoice_generate(
+                    subscription_id=subscription.id, period_start=period_start, rows=rows
+                )
+                if invoice.is_open and past_grace:
+                    invoice_finalize(invoice_id=invoice.id, rows=rows)
+            except IntegrityError:
+                # A concurrent generator created it between our read and write; it did
+                # the work, and the next cycle refreshes it if still a draft.
+                continue
+            touched += 1
+    return touched
