@@ -10,8 +10,9 @@ in DESIGN.md. Numbers arrive as Decimal (the JSON decoder's float hook), so
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -67,6 +68,11 @@ OTEL_USAGE = {
     "gen_ai.usage.output_tokens": "output_tokens",
     "gen_ai.usage.reasoning.output_tokens": "reasoning_output_tokens",
 }
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?",
+    re.ASCII,
+)
 
 _json_encoder = msgspec.json.Encoder(decimal_format="number", order="sorted")
 
@@ -220,19 +226,22 @@ def _timestamp(value: Any, *, name: str, errors: Errors, limits: Limits) -> date
     if not isinstance(value, str):
         errors[name] = "must be an RFC 3339 timestamp string"
         return None
-    # fromisoformat accepts more than RFC 3339 (dates alone, week dates): demand the
-    # full date-time form, then let it parse.
-    if len(value) < 20 or value[10] not in "Tt ":
+    # fromisoformat accepts more than RFC 3339 (dates alone, week dates, offsets with
+    # seconds): demand the RFC 3339 date-time form, then let it parse.
+    match = _RFC3339.fullmatch(value)
+    if match is None:
         errors[name] = "must be an RFC 3339 date-time with offset, e.g. 2026-01-31T12:00:00Z"
+        return None
+    if match["offset"] is None:
+        errors[name] = "must include a UTC offset (Z or ±hh:mm)"
         return None
     try:
         parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1] in "zZ" else value)
     except ValueError:
         errors[name] = "must be an RFC 3339 date-time with offset, e.g. 2026-01-31T12:00:00Z"
         return None
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        errors[name] = "must include a UTC offset (Z or ±hh:mm)"
-        return None
+    # One instant, one value: the same time sent with another offset is the same content.
+    parsed = parsed.astimezone(UTC)
     if parsed > limits.latest:
         errors[name] = "is more than 5 minutes in the future"
         return None
