@@ -137,10 +137,14 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "inferbill")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# How long a task taken by a worker that died stays invisible before redelivery.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(os.environ.get("INFERBILL_BROKER_VISIBILITY_TIMEOUT", "3600"))
+}
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "metering-usage-rollup": {"task": "metering.tasks.usage_rollup_task", "schedule": 60.0},
+    "billing-invoices-cycle": {"task": "billing.tasks.invoices_cycle_task", "schedule": 3600.0},
     "metering-partitions-ensure": {
         "task": "metering.tasks.event_partitions_ensure_task",
         "schedule": 6 * 3600.0,
