@@ -281,17 +281,24 @@ def _store_sqlite(
     with transaction.atomic():
         batch = IngestBatch.objects.create(source_id=source_id, received_at=received_at)
         stored: list[Event] = []
-        for row in rows:
-            key = uuid.UUID(bytes=row.key)
-            content = uuid.UUID(bytes=row.content)
-            _, created = EventKey.objects.get_or_create(
-                key_hash=key, defaults={"content_hash": content}
+        # IMMEDIATE transactions (settings) make this read-then-write safe on SQLite.
+        existing: dict[uuid.UUID, uuid.UUID] = {}
+        keys = [uuid.UUID(bytes=row.key) for row in rows]
+        for i in range(0, len(keys), 500):
+            existing.update(
+                EventKey.objects.filter(key_hash__in=keys[i : i + 500]).values_list(
+                    "key_hash", "content_hash"
+                )
             )
-            if not created:
+        new_keys: list[EventKey] = []
+        for row, key in zip(rows, keys, strict=True):
+            content = uuid.UUID(bytes=row.content)
+            if key in existing:
                 result.duplicates += 1
-                if EventKey.objects.filter(key_hash=key).exclude(content_hash=content).exists():
+                if existing[key] != content:
                     result.conflicts.append(row.event.event_id)
                 continue
+            new_keys.append(EventKey(key_hash=key, content_hash=content))
             e = row.event
             stored.append(
                 Event(
@@ -316,6 +323,7 @@ def _store_sqlite(
                     properties=e.properties,
                 )
             )
+        EventKey.objects.bulk_create(new_keys, batch_size=500)
         Event.objects.bulk_create(stored, batch_size=500)
     result.accepted += len(stored)
     result.batch_id = batch.id

@@ -20,11 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import connection, transaction
-from django.db.models import Count, Sum
-from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from metering.models import Event, IngestBatch, UsageRollup
+from metering.models import IngestBatch
 
 SUMMED = (
     "input_tokens",
@@ -49,6 +47,20 @@ _FOLD_SQL = f"""
         {", ".join(f"{c} = metering_usagerollup.{c} + EXCLUDED.{c}" for c in SUMMED)}
 """
 # ORDER BY above: concurrent folds touching the same buckets lock them in one order.
+
+# SQLite stores datetimes as UTC text, so the hour is a string prefix; "WHERE true"
+# is SQLite's required disambiguation of INSERT … SELECT … ON CONFLICT.
+_FOLD_SQL_SQLITE = f"""
+    INSERT INTO metering_usagerollup ({", ".join(BUCKET)}, requests, {", ".join(SUMMED)})
+    SELECT customer, strftime('%%Y-%%m-%%d %%H:00:00', "timestamp"),
+           model, hardware, provider, count(*), {", ".join(f"sum({c})" for c in SUMMED)}
+    FROM metering_event
+    WHERE batch_id IN ({{ids}}) AND true
+    GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT ({", ".join(BUCKET)}) DO UPDATE SET
+        requests = requests + excluded.requests,
+        {", ".join(f"{c} = {c} + excluded.{c}" for c in SUMMED)}
+"""
 
 
 @dataclass(frozen=True)
@@ -98,17 +110,7 @@ def _fold_round(*, limit: int) -> int:
         )
         if not ids:
             return 0
-        rows = (
-            Event.objects.filter(batch_id__in=ids)
-            .annotate(hour=TruncHour("timestamp"))
-            .values(*BUCKET)
-            .annotate(requests_sum=Count("id"), **{f"{c}_sum": Sum(c) for c in SUMMED})
-        )
-        for row in rows:
-            bucket, _ = UsageRollup.objects.get_or_create(**{k: row[k] for k in BUCKET})
-            bucket.requests += row["requests_sum"]
-            for column in SUMMED:
-                setattr(bucket, column, getattr(bucket, column) + row[f"{column}_sum"])
-            bucket.save()
+        with connection.cursor() as cursor:
+            cursor.execute(_FOLD_SQL_SQLITE.format(ids=", ".join(["%s"] * len(ids))), ids)
         IngestBatch.objects.filter(id__in=ids).update(folded_at=timezone.now())
         return len(ids)
