@@ -48,9 +48,12 @@ class UsageRow:
             if isinstance(raw, bool) or raw is None:
                 return Decimal(0)
             try:
-                return Decimal(str(raw))
+                value = Decimal(str(raw))
             except ArithmeticError:
                 return Decimal(0)
+            # "NaN" and "Infinity" parse, but are no quantity: rating would refuse them
+            # and fail the customer's whole invoice.
+            return value if value.is_finite() else Decimal(0)
         return self.metrics[metric]
 
 

@@ -1,0 +1,119 @@
+"""Plain helpers for the billing tests: events in, plans and subscriptions, lines out.
+
+Events go in through the real write path (`metering.ingest.events_store`), which takes
+any timestamp, so the tests can use fixed months in the past and hand-compute every
+number (April 2026 has 30 days, March and May 31).
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+
+from billing import invoicing
+from billing.models import Customer, Invoice, InvoiceLine, Plan, Subscription
+from billing.services import ChargeInput, customer_create, plan_create, subscription_create
+from metering.ingest import IngestResult, events_store
+from metering.models import Source
+from metering.normalize import NormalizedEvent
+
+D = Decimal
+MILLION = D(1_000_000)
+APRIL = date(2026, 4, 1)
+MAY = date(2026, 5, 1)
+JUNE = date(2026, 6, 1)
+
+_ids = itertools.count(1)
+
+
+def at(text: str) -> datetime:
+    """A UTC moment from 'YYYY-MM-DD[ HH:MM[:SS]]'."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def ev(
+    customer: str, when: str | datetime, model: str = "gpt-4o", **fields: Any
+) -> NormalizedEvent:
+    """One valid event; token classes, hardware, provider, gpu_seconds, properties by name."""
+    if "gpu_seconds" in fields:
+        fields["gpu_seconds"] = D(str(fields["gpu_seconds"]))
+    return NormalizedEvent(
+        event_id=f"ev-{next(_ids)}",
+        customer=customer,
+        timestamp=at(when) if isinstance(when, str) else when,
+        model=model,
+        **fields,
+    )
+
+
+def source() -> Source:
+    return Source.objects.get_or_create(name="billing-tests")[0]
+
+
+def store(*events: NormalizedEvent) -> IngestResult:
+    """Store events as one ingest batch through the real ingest path."""
+    result = events_store(source_id=source().id, events=list(events), received_at=timezone.now())
+    assert result.accepted == len(events), result
+    return result
+
+
+def customer(external_id: str = "acme", currency: str = "USD") -> Customer:
+    return customer_create(external_id=external_id, name=external_id.title(), currency=currency)
+
+
+def per_unit(metric: str, price: str, *, unit_size: Decimal = MILLION, **kw: Any) -> ChargeInput:
+    return ChargeInput(
+        metric=metric, price_model="per_unit", unit_size=unit_size, unit_price=D(price), **kw
+    )
+
+
+def plan(code: str = "p", *, flat_fee: str = "0", minimum: str | None = None, **kw: Any) -> Plan:
+    return plan_create(
+        code=code,
+        name=kw.pop("name", code.title()),
+        flat_fee=D(flat_fee),
+        minimum=None if minimum is None else D(minimum),
+        **kw,
+    )
+
+
+def subscribe(cust: Customer, p: Plan, start: date = APRIL, **kw: Any) -> Subscription:
+    return subscription_create(customer=cust, plan=p, start_date=start, **kw)
+
+
+def generate(sub: Subscription, period_start: date = APRIL) -> Invoice:
+    return invoicing.invoice_generate(subscription_id=sub.id, period_start=period_start)
+
+
+def lines(invoice: Invoice) -> list[InvoiceLine]:
+    return list(InvoiceLine.objects.filter(invoice=invoice).order_by("position"))
+
+
+def amounts(invoice: Invoice) -> list[tuple[str, str, Decimal]]:
+    """(kind, description, amount) of each line, in order."""
+    return [(line.kind, line.description, line.amount) for line in lines(invoice)]
+
+
+def usage_amounts(invoice: Invoice) -> dict[str, Decimal]:
+    """Usage line amount by description."""
+    return {
+        line.description: line.amount
+        for line in lines(invoice)
+        if line.kind == InvoiceLine.Kind.USAGE
+    }
+
+
+def quantities(invoice: Invoice) -> dict[str, Decimal]:
+    return {
+        line.description: line.quantity
+        for line in lines(invoice)
+        if line.kind == InvoiceLine.Kind.USAGE
+    }
+
+
+def fresh(invoice: Invoice) -> Invoice:
+    return Invoice.objects.get(pk=invoice.pk)
