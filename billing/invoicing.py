@@ -388,6 +388,14 @@ def invoice_generate(
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if not invoice.is_open:
             return invoice
+        # A plan change recorded after the draft was made may have cut its service
+        # period; the draft follows (adjustments ride on whether it covers the end).
+        if (invoice.service_start, invoice.service_end) != (
+            period.service_start,
+            period.service_end,
+        ):
+            invoice.service_start, invoice.service_end = period.service_start, period.service_end
+            invoice.save(update_fields=["service_start", "service_end"])
         drafts = invoice_compute(subscription=subscription, period=period, rows=rows)
         drafts += _adjustment_lines(invoice=invoice)
         _write_lines(invoice, drafts)
