@@ -128,8 +128,9 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Celery: no broker configured means tasks run eagerly, in-process.
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
-CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+# In-memory transport when eager, so nothing ever tries to reach a broker.
+CELERY_TASK_ALWAYS_EAGER = not os.environ.get("CELERY_BROKER_URL")
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "memory://"
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
 CELERY_TASK_ACKS_LATE = True
@@ -149,6 +150,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "metering.tasks.event_partitions_ensure_task",
         "schedule": 6 * 3600.0,
     },
+    # Margins of the open period hourly; the previous period daily (late usage, invoices).
+    "pricing-margins-refresh": {"task": "pricing.tasks.margins_refresh_task", "schedule": 3600.0},
+    "pricing-margins-refresh-previous": {
+        "task": "pricing.tasks.margins_refresh_previous_task",
+        "schedule": 24 * 3600.0,
+    },
 }
 
 # Inferbill's own knobs.
@@ -157,6 +164,26 @@ INFERBILL_MAX_EVENT_FUTURE_SECONDS = 300
 INFERBILL_MAX_BATCH_EVENTS = 5000
 INFERBILL_MAX_BODY_BYTES = 5 * 1024 * 1024
 INFERBILL_INVOICE_GRACE_HOURS = int(os.environ.get("INFERBILL_INVOICE_GRACE_HOURS", "24"))
+
+# Pricing: margin flags and who hears about them.
+INFERBILL_MARGIN_FLOOR = os.environ.get("INFERBILL_MARGIN_FLOOR", "0.20")  # a decimal ratio
+# No projected_negative flag before this much of a period has elapsed (run rates of the
+# first hours are noise).
+INFERBILL_PROJECTION_MIN_HOURS = int(os.environ.get("INFERBILL_PROJECTION_MIN_HOURS", "24"))
+# Plan code flagged customers are compared with; editable in the admin (Reference plan).
+INFERBILL_REFERENCE_PLAN = os.environ.get("INFERBILL_REFERENCE_PLAN", "")
+INFERBILL_FINANCE_EMAILS = env_list("INFERBILL_FINANCE_EMAILS")
+INFERBILL_ALERT_WEBHOOK_URL = os.environ.get("INFERBILL_ALERT_WEBHOOK_URL", "")
+# Key of the HMAC-SHA256 signature on alert webhooks (X-Inferbill-Signature).
+INFERBILL_ALERT_WEBHOOK_SECRET = os.environ.get("INFERBILL_ALERT_WEBHOOK_SECRET") or SECRET_KEY
+
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "inferbill@localhost")
 
 LOGGING = {
     "version": 1,
