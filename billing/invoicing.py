@@ -219,6 +219,8 @@ def invoice_compute(
                 amount_exact=fee,
                 quantity=Decimal(period.service_days),
                 unit_price=Decimal(plan.flat_fee),
+                # The fee is per period: quantity (days) * unit_price / unit_size = amount.
+                unit_size=Decimal(period.days),
             )
         )
     quantities = _charge_usage(
