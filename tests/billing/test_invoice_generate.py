@@ -22,7 +22,6 @@ from metering.rollup import usage_rollup_fold
 from metering.services import events_ingest
 from tests.billing.helpers import (
     APRIL,
-    MAY,
     MILLION,
     amounts,
     at,
