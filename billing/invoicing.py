@@ -420,6 +420,12 @@ def invoice_finalize(*, invoice_id: int, rows: list[UsageRow] | None = None) -> 
     finalized invoice; refuses a void one. `rows`: usage already read by the caller
     in this same cycle."""
     with transaction.atomic():
+        # Lock in invoice_generate's order, subscription then invoice: the other order
+        # deadlocks against a generator of the same invoice.
+        subscription_id = Invoice.objects.values_list("subscription_id", flat=True).get(
+            pk=invoice_id
+        )
+        Subscription.objects.select_for_update().only("pk").get(pk=subscription_id)
         invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
         if invoice.status in BILLED_STATUSES:
             return invoice
