@@ -30,6 +30,10 @@ MAX_TOKENS = 2**53  # far above any real request; keeps sums of millions of even
 MAX_LATENCY_MS = 2**31 - 1
 GPU_SECONDS_PLACES = 6
 MAX_GPU_SECONDS = Decimal("1e17")
+# A property number's size: what a sender writes as "1e131000" would be stored as
+# 131,001 digits, and PostgreSQL's numeric (jsonb) cannot hold 1e200000 at all.
+MAX_PROPERTY_NUMBER_DIGITS = 40
+_PROPERTY_NUMBER_LIMIT = 10**MAX_PROPERTY_NUMBER_DIGITS
 
 TOKEN_FIELDS = (
     "input_tokens",
@@ -160,6 +164,10 @@ def _string(value: Any, *, name: str, errors: Errors, max_length: int, required:
     if not isinstance(value, str):
         errors[name] = "must be a string"
         return ""
+    if "\x00" in value:
+        # PostgreSQL text cannot hold NUL.
+        errors[name] = "must not contain NUL (\\u0000) characters"
+        return ""
     if required and not value:
         errors[name] = "must not be empty"
         return ""
@@ -252,6 +260,12 @@ def _timestamp(value: Any, *, name: str, errors: Errors, limits: Limits) -> date
     return parsed
 
 
+_PROPERTY_NUMBER_MESSAGE = (
+    f"must be a number below 1e{MAX_PROPERTY_NUMBER_DIGITS} in magnitude with at most "
+    f"{MAX_PROPERTY_NUMBER_DIGITS} decimal places"
+)
+
+
 def _properties(value: Any, *, name: str, errors: Errors) -> dict[str, Any]:
     if value is None:
         return {}
@@ -265,15 +279,32 @@ def _properties(value: Any, *, name: str, errors: Errors) -> dict[str, Any]:
         if not key or len(key) > MAX_PROPERTY_KEY_LENGTH:
             errors[name] = f"keys must be 1 to {MAX_PROPERTY_KEY_LENGTH} characters"
             return {}
+        if "\x00" in key:
+            errors[name] = "keys must not contain NUL (\\u0000) characters"
+            return {}
         if isinstance(item, str):
             if len(item) > MAX_PROPERTY_VALUE_LENGTH:
                 errors[f"{name}.{key}"] = f"must be at most {MAX_PROPERTY_VALUE_LENGTH} characters"
+                return {}
+            if "\x00" in item:
+                errors[f"{name}.{key}"] = "must not contain NUL (\\u0000) characters"
                 return {}
         elif isinstance(item, Decimal):
             if not item.is_finite():
                 errors[f"{name}.{key}"] = "must be a finite number"
                 return {}
-        elif not isinstance(item, bool | int):
+            digits = item.as_tuple()
+            if (
+                item
+                and not -MAX_PROPERTY_NUMBER_DIGITS <= item.adjusted() < MAX_PROPERTY_NUMBER_DIGITS
+            ) or not -MAX_PROPERTY_NUMBER_DIGITS <= digits.exponent <= MAX_PROPERTY_NUMBER_DIGITS:
+                errors[f"{name}.{key}"] = _PROPERTY_NUMBER_MESSAGE
+                return {}
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not -_PROPERTY_NUMBER_LIMIT < item < _PROPERTY_NUMBER_LIMIT:
+                errors[f"{name}.{key}"] = _PROPERTY_NUMBER_MESSAGE
+                return {}
+        elif not isinstance(item, bool):
             errors[f"{name}.{key}"] = "must be a string, number or boolean"
             return {}
     return value
@@ -431,11 +462,19 @@ def _fill_usage(
                 model = attributes.get("gen_ai.response.model") or attributes.get(
                     "gen_ai.request.model"
                 )
-                if isinstance(model, str) and 0 < len(model) <= MAX_MODEL_LENGTH:
+                if (
+                    isinstance(model, str)
+                    and 0 < len(model) <= MAX_MODEL_LENGTH
+                    and "\x00" not in model
+                ):
                     event.model = model
             if not event.provider:
                 provider = attributes.get("gen_ai.provider.name") or attributes.get("gen_ai.system")
-                if isinstance(provider, str) and len(provider) <= MAX_LABEL_LENGTH:
+                if (
+                    isinstance(provider, str)
+                    and len(provider) <= MAX_LABEL_LENGTH
+                    and "\x00" not in provider
+                ):
                     event.provider = provider
     else:
         tokens = {name: _count(raw.get(name), name=name, errors=local) for name in TOKEN_FIELDS}

@@ -87,7 +87,8 @@ def api_key_revoke(*, prefix: str) -> ApiKey:
 def _decode(body: bytes) -> list[Any] | dict[str, Any]:
     try:
         payload = _decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec raises UnicodeDecodeError for invalid UTF-8 inside a JSON string.
         raise IngestError(400, f"Body is not valid JSON: {exc}") from None
     if isinstance(payload, dict):
         return payload
