@@ -320,7 +320,56 @@ def _adjustment_lines(*, invoice: Invoice) -> list[LineDraft]:
                     adjusts_invoice=old,
                 )
             )
+        lines += _minimum_adjustment(old=old, period=period, invoice=invoice, new=lines)
     return lines
+
+
+def _minimum_adjustment(
+    *, old: Invoice, period: BillingPeriod, invoice: Invoice, new: list[LineDraft]
+) -> list[LineDraft]:
+    """Late usage of a period with a minimum commitment first shrinks its true-up: the
+    period is billed max(usage, minimum) in all, never usage on top of the true-up."""
+    plan = old.subscription.plan
+    if not plan.minimum:
+        return []
+    currency = old.currency
+    minimum = rating.round_money(
+        amount=rating.prorate(
+            amount=Decimal(plan.minimum),
+            days_active=period.service_days,
+            days_in_period=period.days,
+        ),
+        currency=currency,
+    )
+    billed = InvoiceLine.objects.filter(
+        Q(invoice=old, kind__in=(InvoiceLine.Kind.USAGE, InvoiceLine.Kind.MINIMUM))
+        | Q(adjusts_invoice=old, invoice__status__in=BILLED_STATUSES)
+    ).exclude(invoice=invoice)
+    usage = Decimal(0)
+    true_up = Decimal(0)
+    for kind, charge_id, amount in billed.values_list("kind", "charge_id", "amount"):
+        # Usage lines and charge adjustments are usage; the rest is true-up.
+        if kind == InvoiceLine.Kind.USAGE or charge_id is not None:
+            usage += amount
+        else:
+            true_up += amount
+    for line in new:
+        if line.adjusts_invoice == old:
+            usage += rating.round_money(amount=line.amount_exact, currency=currency)
+    change = rating.minimum_true_up(usage_amount=usage, minimum=minimum) - true_up
+    if not change:
+        return []
+    return [
+        LineDraft(
+            kind=InvoiceLine.Kind.ADJUSTMENT,
+            description=(
+                f"Minimum commitment true-up, change for late usage of "
+                f"{old.period_start:%Y-%m-%d}–{old.period_end:%Y-%m-%d} ({old.number})"
+            ),
+            amount_exact=change,
+            adjusts_invoice=old,
+        )
+    ]
 
 
 def _write_lines(invoice: Invoice, drafts: list[LineDraft]) -> None:
