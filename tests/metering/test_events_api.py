@@ -623,3 +623,69 @@ def test_database_unreachable_503_with_retry_after(server_without_database: str)
             headers={"Content-Type": "application/json"},
         )
         assert anonymous.status_code == 401
+
+
+# --- input the database cannot hold is rejected by field, never a 500 ----------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "name"),
+    [
+        ({"event_id": "a\u0000b"}, "event_id"),
+        ({"customer": "acme\u0000"}, "customer"),
+        ({"model": "\u0000"}, "model"),
+        ({"provider": "open\u0000ai"}, "provider"),
+        ({"hardware": "h100\u0000"}, "hardware"),
+        ({"properties": {"team": "a\u0000"}}, "properties.team"),
+        ({"properties": {"te\u0000am": "a"}}, "properties"),
+        ({"properties": {"big": Decimal("1e200000")}}, "properties.big"),
+        ({"properties": {"tiny": Decimal("1e-20000")}}, "properties.tiny"),
+        ({"properties": {"wide": Decimal("1e131000")}}, "properties.wide"),
+        ({"properties": {"long": 10**60}}, "properties.long"),
+    ],
+)
+def test_unstorable_values_rejected_by_field(api: Api, fields: dict[str, Any], name: str) -> None:
+    client = api()
+    raw = event("x", **fields) if "event_id" not in fields else {**event("x"), **fields}
+    body = [raw, event("fine")]
+    content = json.dumps(body, default=lambda d: float("nan")).encode()
+    if any(isinstance(v, Decimal) for v in fields.get("properties", {}).values()):
+        # json cannot write these numbers; splice them in as JSON number literals.
+        literal = str(next(iter(fields["properties"].values())))
+        content = content.replace(b"NaN", literal.encode())
+    response = post(client, content)
+    assert response.status_code == 202, response.text
+    result = response.json()
+    assert result["accepted"] == 1
+    assert [r["index"] for r in result["rejected"]] == [0]
+    assert name in result["rejected"][0]["errors"]
+    assert list(Event.objects.values_list("event_id", flat=True)) == ["fine"]
+
+
+def test_nul_in_cloud_event_envelope_rejected(api: Api) -> None:
+    body = [cloud("a\u0000"), cloud("b", source="//gw\u0000"), cloud("c") | {"type": "t\u0000"}]
+    response = post(api(), body, content_type="application/cloudevents-batch+json")
+    assert response.status_code == 400
+    errors = [r["errors"] for r in response.json()["rejected"]]
+    assert ["id" in errors[0], "source" in errors[1], "type" in errors[2]] == [True] * 3
+
+
+def test_nul_in_otel_model_rejected(api: Api) -> None:
+    raw = {
+        "event_id": "otel",
+        "customer": "acme",
+        "attributes": {"gen_ai.request.model": "gpt\u0000", "gen_ai.usage.input_tokens": 1},
+    }
+    response = post(api(), [raw])
+    assert response.status_code == 400
+    assert "model" in response.json()["rejected"][0]["errors"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'[{"event_id": "\xed\xa0\x80"}]', b'{"customer": "caf\xe9"}', b'["\xc3\x28"]'],
+)
+def test_invalid_utf8_body_400(api: Api, body: bytes) -> None:
+    response = post(api(), body)
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json()["detail"]
