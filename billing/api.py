@@ -152,7 +152,8 @@ class PlanSerializer(serializers.Serializer):
 def _tier_json(tier: dict[str, Any]) -> dict[str, Any]:
     up_to = tier["up_to"]
     return {
-        "up_to": None if up_to is None else str(up_to.normalize()),
+        # normalize() alone would turn 10000000.000000 into "1E+7".
+        "up_to": None if up_to is None else format(up_to.normalize(), "f"),
         "unit_price": str(tier["unit_price"]),
         "flat_fee": str(tier.get("flat_fee") or Decimal(0)),
     }
