@@ -34,6 +34,21 @@ class ChargeInline(admin.TabularInline):
         "included_units",
     )
 
+    # A version with subscriptions is frozen, charges included: prices change by
+    # creating a version (PlanAdmin below), never under a subscriber's feet.
+    def has_change_permission(self, request: HttpRequest, obj: Plan | None = None) -> bool:
+        return _unsubscribed(obj) and super().has_change_permission(request, obj)
+
+    def has_add_permission(self, request: HttpRequest, obj: Plan | None = None) -> bool:
+        return _unsubscribed(obj) and super().has_add_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Plan | None = None) -> bool:
+        return _unsubscribed(obj) and super().has_delete_permission(request, obj)
+
+
+def _unsubscribed(plan: Plan | None) -> bool:
+    return plan is None or not plan.subscriptions.exists()
+
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
