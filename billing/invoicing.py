@@ -19,7 +19,7 @@ import calendar
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.conf import settings
@@ -31,6 +31,7 @@ from billing import rating
 from billing.assign import ChargeRule, charge_quantities
 from billing.metering_view import UsageRow, usage_by_customer, usage_events
 from billing.models import (
+    QUANTITY,
     Charge,
     Invoice,
     InvoiceLine,
@@ -42,6 +43,7 @@ from billing.models import (
 # default) means only the last period or two can still change; three is a margin.
 ADJUSTMENT_LOOKBACK_PERIODS = 3
 BILLED_STATUSES = (Invoice.Status.FINALIZED, Invoice.Status.PAID)
+_QUANTUM = Decimal(1).scaleb(-QUANTITY["decimal_places"])
 
 
 def day_start(day: date) -> datetime:
@@ -144,7 +146,10 @@ def _charge_usage(
         rows = usage_events(customer=customer, start=start, end=end)
     elif rows is None:
         rows = usage_by_customer(customers=[customer], start=start, end=end)[customer]
-    return charge_quantities(rules=rules, rows=rows)
+    quantities = charge_quantities(rules=rules, rows=rows)
+    # Lines store quantities to 6 places: rate exactly what is stored, so that the same
+    # usage recomputed later (adjustments) compares equal to what was billed.
+    return {k: v.quantize(_QUANTUM, rounding=ROUND_HALF_UP) for k, v in quantities.items()}
 
 
 def _tiers_json(rated: rating.RatedCharge) -> list[dict[str, Any]]:

@@ -246,3 +246,20 @@ def test_minimum_adjustments_of_a_period_ignore_its_own_adjustments_of_earlier_o
     april_adjustments = [line.amount for line in lines(may) if line.adjusts_invoice_id == april.id]
     assert sorted(april_adjustments) == [D("-20.00"), D("20.00")]
     assert may.total == D("100.00")
+
+
+def test_fractional_sums_beyond_six_places_are_not_adjusted_forever() -> None:
+    """A quantity is stored to 6 decimal places; the billed one must compare equal to
+    the one recomputed later, or every next invoice grows a spurious adjustment."""
+    sub = subscribe(
+        customer(),
+        plan(charges=[per_unit("sum:chars", "1000", unit_size=D(1), display_name="chars")]),
+    )
+    store(ev("acme", "2026-04-10 00:00", properties={"chars": 0.1234567}))
+    cycle(sub.id, APRIL, "2026-05-02")
+    april = Invoice.objects.get(period_start=APRIL)
+    (line,) = lines(april)
+    assert line.quantity == D("0.123457")
+    assert line.amount == D("123.46")  # the line prices what it shows: 0.123457 * 1000
+    cycle(sub.id, MAY, "2026-06-02")
+    assert adjustments(Invoice.objects.get(period_start=MAY)) == []
