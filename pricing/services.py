@@ -101,13 +101,13 @@ def _decimal(value: Any, *, name: str, errors: dict[str, str]) -> Decimal | None
 # --- cost rates ------------------------------------------------------------------------------
 
 
-def _check_not_rewriting(
-    *, key: tuple[str, str, str, str, str], effective_from: datetime, now: datetime
-) -> None:
-    """Refuse a rate that would change the cost of usage already costed."""
+def cost_rate_check_history(*, rate: CostRate, now: datetime) -> None:
+    """Refuse a new rate that would change the cost of usage already costed: once a rate
+    of its key is in force, a new one takes effect no earlier than the current hour."""
+    effective_from = rate.effective_from
     if effective_from >= hour_floor(now):
         return
-    in_force = selectors.cost_rate_in_force(key=key, at=effective_from)
+    in_force = selectors.cost_rate_in_force(key=rate.key, at=effective_from)
     if in_force is not None:
         raise RateError(
             {
@@ -214,7 +214,7 @@ def cost_rate_create(*, now: datetime | None = None, **fields: Any) -> tuple[Cos
             raise RateError(
                 {"effective_from": f"rate {existing.pk} of this key already starts then"}
             )
-        _check_not_rewriting(key=candidate.key, effective_from=start, now=now)
+        cost_rate_check_history(rate=candidate, now=now)
         candidate.save()
     return candidate, True
 
