@@ -346,3 +346,17 @@ def test_openapi_schema_documents_billing(api: Api) -> None:
         "/v1/invoices/{invoice_id}/void",
     ):
         assert path in schema["paths"], path
+
+
+def test_invoice_list_reads_a_fixed_number_of_queries(
+    client: Any, make_key: Callable[..., str], django_assert_max_num_queries: Any
+) -> None:
+    p = plan(flat_fee="10.00", charges=[per_unit("output_tokens", "1")])
+    for i in range(12):
+        generate(subscribe(customer(f"c{i}"), p), APRIL)
+    headers = {"Authorization": f"Bearer {make_key(scopes=('billing',))}"}
+    with django_assert_max_num_queries(6):  # key, invoices: not one query per invoice
+        response = client.get("/v1/invoices", headers=headers)
+    assert response.status_code == 200
+    assert len(response.json()) == 12
+    assert all("lines" not in item for item in response.json())
