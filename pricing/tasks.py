@@ -15,7 +15,7 @@ from celery import Task, shared_task
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from pricing import selectors, services
+from pricing import alerts, selectors, services
 
 OPTIONS: dict[str, Any] = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
 MAX_RETRIES = 8
@@ -56,7 +56,7 @@ def margins_refresh_previous_task(self: Task, as_of: str | None = None) -> dict[
 def flags_email_task(self: Task, flag_ids: list[int]) -> int:
     """One digest email to finance about newly raised flags."""
     try:
-        return services.flags_email_send(flag_ids=flag_ids)
+        return alerts.flags_email_send(flag_ids=flag_ids)
     except (OSError, OperationalError, InterfaceError) as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
 
@@ -65,6 +65,6 @@ def flags_email_task(self: Task, flag_ids: list[int]) -> int:
 def flag_webhook_task(self: Task, flag_id: int) -> bool:
     """The signed alert POST of one flag, retried with backoff until delivered."""
     try:
-        return services.flag_webhook_deliver(flag_id=flag_id)
-    except (services.WebhookError, OperationalError, InterfaceError) as exc:
+        return alerts.flag_webhook_deliver(flag_id=flag_id)
+    except (alerts.WebhookError, OperationalError, InterfaceError) as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from django.core import mail
 
+from pricing.alerts import flag_webhook_deliver, webhook_signature
 from pricing.models import MarginFlag
-from pricing.services import flag_webhook_deliver, webhook_signature
 from tests.pricing.helpers import (
     active_flag,
     customer,
