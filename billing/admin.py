@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
-from billing import invoicing
+from billing import invoicing, services
 from billing.models import Charge, Customer, Invoice, InvoiceLine, Plan, Subscription
 
 
@@ -64,12 +65,78 @@ class PlanAdmin(admin.ModelAdmin):
         return ("version",)
 
 
+class SubscriptionForm(forms.ModelForm):
+    """The API's rules (services.subscription_create): one subscription at a time per
+    customer, in the plan's currency. Two at once would bill the same usage twice."""
+
+    class Meta:
+        model = Subscription
+        fields = ("customer", "plan", "start_date", "end_date", "anchor_day", "created_at")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        instance = self.instance
+        # On a change, the read-only fields are not in the form: take the stored ones.
+        customer = data.get("customer") or (instance.customer if instance.customer_id else None)
+        plan = data.get("plan") or (instance.plan if instance.plan_id else None)
+        start = data.get("start_date") or instance.start_date
+        end = data.get("end_date") if "end_date" in data else instance.end_date
+        if customer is None or plan is None or start is None:
+            return data
+        if end is not None and end <= start:
+            self.add_error("end_date", "must be after the start date")
+        anchor = data.get("anchor_day")
+        if anchor is not None and not 1 <= anchor <= 28:
+            self.add_error("anchor_day", "must be between 1 and 28")
+        if plan.currency != customer.currency:
+            self.add_error(
+                "plan", f"plan currency {plan.currency} differs from customer's {customer.currency}"
+            )
+        overlapping = (
+            Subscription.objects.filter(customer=customer)
+            .exclude(pk=instance.pk)
+            .filter(Q(end_date__isnull=True) | Q(end_date__gt=start))
+        )
+        if end is not None:
+            overlapping = overlapping.filter(start_date__lt=end)
+        if instance.pk is None:
+            # A new one ends the subscription running on its start date (a plan change).
+            overlapping = overlapping.filter(start_date__gte=start)
+        other = overlapping.order_by("start_date").first()
+        if other is not None:
+            field = "end_date" if instance.pk else "start_date"
+            self.add_error(
+                field if field in self.fields else None,
+                f"overlaps subscription {other.pk} from {other.start_date}"
+                f" to {other.end_date or 'open'}",
+            )
+        return data
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
+    form = SubscriptionForm
     list_display = ("customer", "plan", "start_date", "end_date", "anchor_day")
     list_filter = ("plan__code",)
     search_fields = ("customer__external_id",)
     autocomplete_fields = ("customer",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Subscription | None = None) -> Any:
+        # Invoices are computed from these: a plan change is a new subscription.
+        return ("customer", "plan", "start_date", "anchor_day") if obj is not None else ()
+
+    def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = services.subscription_create(
+            customer=obj.customer,
+            plan=obj.plan,
+            start_date=obj.start_date,
+            end_date=obj.end_date,
+            anchor_day=obj.anchor_day,
+        )
+        obj.pk, obj.created_at = created.pk, created.created_at
 
 
 class InvoiceLineInline(admin.TabularInline):

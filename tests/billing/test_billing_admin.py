@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 import pytest
@@ -9,7 +10,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from billing.models import Charge, Invoice, Plan
+from billing.models import Charge, Invoice, Plan, Subscription
 from tests.billing.helpers import customer, generate, per_unit, plan, subscribe
 
 pytestmark = pytest.mark.django_db
@@ -140,3 +141,81 @@ def test_a_plan_version_with_subscriptions_keeps_its_charge_prices(admin_client:
     assert response.status_code == 302, response.content[:2000]
     charge.refresh_from_db()
     assert charge.unit_price == D(9)  # prices change by a new version, never in place
+
+
+# --- subscriptions keep the API's rules --------------------------------------------------
+
+
+CREATED = {"created_at_0": "2026-03-01", "created_at_1": "00:00:00"}
+
+
+def _add_subscription(client: Client, **fields: str):
+    return client.post(
+        reverse("admin:billing_subscription_add"), {"anchor_day": "1", **CREATED, **fields}
+    )
+
+
+def test_admin_subscription_add_ends_the_running_one_like_the_api(admin_client: Client) -> None:
+    acme = customer()
+    first = subscribe(acme, plan("a"), start=date(2026, 3, 1))
+    pro = plan("pro")
+    response = _add_subscription(
+        admin_client, customer=str(acme.pk), plan=str(pro.pk), start_date="2026-04-11"
+    )
+    assert response.status_code == 302, response.content[:3000]
+    first.refresh_from_db()
+    assert first.end_date == date(2026, 4, 11)
+    assert Subscription.objects.get(plan=pro).end_date is None
+
+
+def test_admin_refuses_overlapping_subscriptions(admin_client: Client) -> None:
+    acme = customer()
+    first = subscribe(acme, plan("a"), start=date(2026, 4, 1))
+    pro = plan("pro")
+    for start in ("2026-04-01", "2026-03-15"):
+        response = _add_subscription(
+            admin_client, customer=str(acme.pk), plan=str(pro.pk), start_date=start
+        )
+        assert response.status_code == 200  # the form again, with the error
+        assert b"overlaps subscription" in response.content
+    response = _add_subscription(
+        admin_client,
+        customer=str(acme.pk),
+        plan=str(pro.pk),
+        start_date="2026-06-01",
+        anchor_day="31",
+    )
+    assert response.status_code == 200
+    assert b"between 1 and 28" in response.content
+    eur = plan("eur", currency="EUR")
+    response = _add_subscription(
+        admin_client, customer=str(acme.pk), plan=str(eur.pk), start_date="2026-06-01"
+    )
+    assert response.status_code == 200
+    assert b"differs from" in response.content
+    assert Subscription.objects.count() == 1
+    first.refresh_from_db()
+    assert first.end_date is None
+
+
+def test_admin_refuses_extending_a_subscription_over_the_next(admin_client: Client) -> None:
+    acme = customer()
+    first = subscribe(acme, plan("a"), start=date(2026, 3, 1))
+    subscribe(acme, plan("b"), start=date(2026, 4, 11))
+    url = reverse("admin:billing_subscription_change", args=[first.pk])
+    form = {
+        "customer": str(acme.pk),
+        "plan": str(first.plan_id),
+        "start_date": "2026-03-01",
+        "anchor_day": "1",
+        **CREATED,
+    }
+    response = admin_client.post(url, {**form, "end_date": "2026-04-20"})
+    assert response.status_code == 200
+    assert b"overlaps subscription" in response.content
+    first.refresh_from_db()
+    assert first.end_date == date(2026, 4, 11)
+    response = admin_client.post(url, {**form, "end_date": "2026-04-05"})  # shortening is fine
+    assert response.status_code == 302, response.content[:3000]
+    first.refresh_from_db()
+    assert first.end_date == date(2026, 4, 5)
