@@ -347,7 +347,11 @@ def _minimum_adjustment(
         currency=currency,
     )
     billed = InvoiceLine.objects.filter(
-        Q(invoice=old, kind__in=(InvoiceLine.Kind.USAGE, InvoiceLine.Kind.MINIMUM))
+        Q(
+            invoice=old,
+            adjusts_invoice__isnull=True,
+            kind__in=(InvoiceLine.Kind.USAGE, InvoiceLine.Kind.MINIMUM),
+        )
         | Q(adjusts_invoice=old, invoice__status__in=BILLED_STATUSES)
     ).exclude(invoice=invoice)
     usage = Decimal(0)
@@ -366,7 +370,7 @@ def _minimum_adjustment(
         return []
     return [
         LineDraft(
-            kind=InvoiceLine.Kind.ADJUSTMENT,
+            kind=InvoiceLine.Kind.MINIMUM,
             description=(
                 f"Minimum commitment true-up, change for late usage of "
                 f"{old.period_start:%Y-%m-%d}–{old.period_end:%Y-%m-%d} ({old.number})"

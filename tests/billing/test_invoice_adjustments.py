@@ -185,15 +185,22 @@ def test_late_usage_under_a_minimum_commitment_only_fills_the_commitment() -> No
     may = Invoice.objects.get(period_start=MAY)
     assert may.status == "finalized"
     # usage +30.00 and the true-up down from 50.00 to 20.00: nothing more to pay
-    may_adjustments = [line for line in lines(may) if line.kind == "adjustment"]
-    assert sorted(line.amount for line in may_adjustments) == [D("-30.00"), D("30.00")]
+    may_adjustments = [line for line in lines(may) if line.adjusts_invoice_id == april.id]
+    # usage +30.00 on an adjustment line, the true-up -30.00 on a minimum line
+    assert [(line.kind, line.amount) for line in may_adjustments] == [
+        ("adjustment", D("30.00")),
+        ("minimum", D("-30.00")),
+    ]
     assert may.total == D("100.00")  # May's own usage 0, May's true-up 100
     store(ev("acme", "2026-04-25 00:00", output_tokens=4_000_000))  # usage now 120.00
     cycle(sub.id, JUNE, "2026-07-02")
     june = Invoice.objects.get(period_start=JUNE)
-    june_adjustments = [line for line in lines(june) if line.kind == "adjustment"]
+    june_adjustments = [line for line in lines(june) if line.adjusts_invoice_id == april.id]
     # usage +40.00, true-up 20.00 -> 0: April billed 120.00 in all, its usage
-    assert sorted(line.amount for line in june_adjustments) == [D("-20.00"), D("40.00")]
+    assert [(line.kind, line.amount) for line in june_adjustments] == [
+        ("adjustment", D("40.00")),
+        ("minimum", D("-20.00")),
+    ]
     april_billed = april.total + sum(
         line.amount for line in InvoiceLine.objects.filter(adjusts_invoice=april)
     )
