@@ -211,6 +211,8 @@ def subscription_create(
         overlapping = Subscription.objects.filter(customer=customer).filter(
             Q(end_date__isnull=True) | Q(end_date__gt=start_date)
         )
+        if end_date is not None:  # one that starts after this one ends is no overlap
+            overlapping = overlapping.filter(start_date__lt=end_date)
         for existing in overlapping:
             if existing.start_date >= start_date:
                 raise ValidationError(

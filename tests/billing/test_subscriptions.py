@@ -176,3 +176,18 @@ def test_a_backdated_plan_change_refreshes_the_existing_draft() -> None:
     # 30 * 10/30 + 1M * $10/M: the event of the 20th is no longer the starter plan's.
     assert refreshed.total == D("20.00")
     assert generate(new).total == D("40.00")  # 60 * 20/30, no charges
+
+
+def test_a_bounded_subscription_before_a_later_one_is_no_overlap() -> None:
+    acme = customer()
+    later = subscribe(acme, plan("a"), start=date(2026, 3, 1))
+    trial = subscribe(acme, plan("trial"), start=date(2026, 1, 10), end_date=date(2026, 3, 1))
+    later.refresh_from_db()
+    assert (trial.end_date, later.start_date, later.end_date) == (
+        date(2026, 3, 1),
+        date(2026, 3, 1),
+        None,
+    )
+    with pytest.raises(ValidationError) as exc:  # one day into the later one is an overlap
+        subscribe(acme, plan("b"), start=date(2025, 12, 1), end_date=date(2026, 3, 2))
+    assert set(exc.value.errors) == {"start_date"}
