@@ -69,4 +69,6 @@ def charge_quantities(
                 if rule.matches(row):
                     quantities[rule.charge_id] += row.value(rule.metric)
                     break
-    return quantities
+    # Only a sum of a property can go negative (credits sent as negative numbers); a
+    # charge bills nothing then, rather than a negative quantity rating would refuse.
+    return {charge_id: max(q, Decimal(0)) for charge_id, q in quantities.items()}

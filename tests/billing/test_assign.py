@@ -190,3 +190,11 @@ def test_no_row_is_billed_twice_and_a_generic_charge_catches_the_rest(
     rules.append(rule(len(rules) + 1))  # a catch-all, listed last
     quantities = charge_quantities(rules=rules, rows=rows)
     assert sum(quantities.values()) == sum(r.metrics["output_tokens"] for r in rows)
+
+
+def test_negative_values_count_but_a_charge_never_goes_below_zero() -> None:
+    # Rating refuses a negative quantity, which would fail the customer's whole invoice.
+    credits = [row(properties={"chars": 10}), row(properties={"chars": "-3"})]
+    assert charge_quantities(rules=[rule(1, "sum:chars")], rows=credits) == {1: D(7)}
+    refund = [row(properties={"chars": -5})]
+    assert charge_quantities(rules=[rule(1, "sum:chars")], rows=refund) == {1: D(0)}

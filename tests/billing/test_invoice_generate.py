@@ -582,3 +582,11 @@ def test_generate_invoices_command_as_of(
 def test_generate_invoices_command_rejects_a_bad_date() -> None:
     with pytest.raises(CommandError, match="--as-of"):
         call_command("generate_invoices", "--as-of", "yesterday")
+
+
+def test_a_negative_property_sum_bills_nothing_instead_of_failing() -> None:
+    p = plan(flat_fee="1.00", charges=[per_unit("sum:chars", "1", unit_size=D(1))])
+    sub = subscribe(customer(), p)
+    store(ev("acme", "2026-04-05 00:00", properties={"chars": -5}))
+    invoice = generate(sub)
+    assert (one_usage_line(invoice).quantity, invoice.total) == (D(0), D("1.00"))
