@@ -9,7 +9,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max, Q
 
 from billing import rating
@@ -44,15 +44,21 @@ def customer_create(
 ) -> Customer:
     if not external_id or len(external_id) > 128:
         raise ValidationError({"external_id": "must be 1 to 128 characters"})
+    exists = ValidationError({"external_id": f"customer '{external_id}' already exists"})
     if Customer.objects.filter(external_id=external_id).exists():
-        raise ValidationError({"external_id": f"customer '{external_id}' already exists"})
-    return Customer.objects.create(
-        external_id=external_id,
-        name=name,
-        email=email,
-        currency=_currency(currency),
-        metadata=metadata or {},
-    )
+        raise exists
+    try:
+        # A savepoint: a concurrent create of the same id loses cleanly on the unique index.
+        with transaction.atomic():
+            return Customer.objects.create(
+                external_id=external_id,
+                name=name,
+                email=email,
+                currency=_currency(currency),
+                metadata=metadata or {},
+            )
+    except IntegrityError:
+        raise exists from None
 
 
 def customer_update(*, customer: Customer, **changes: Any) -> Customer:
