@@ -149,16 +149,6 @@ class PlanSerializer(serializers.Serializer):
     is_latest = serializers.BooleanField(read_only=True)
 
 
-def _tier_json(tier: dict[str, Any]) -> dict[str, Any]:
-    up_to = tier["up_to"]
-    return {
-        # normalize() alone would turn 10000000.000000 into "1E+7".
-        "up_to": None if up_to is None else format(up_to.normalize(), "f"),
-        "unit_price": str(tier["unit_price"]),
-        "flat_fee": str(tier.get("flat_fee") or Decimal(0)),
-    }
-
-
 def plan_render(plan: Plan) -> dict[str, Any]:
     charges: list[Charge] = list(plan.charges.all())
     return {
@@ -210,7 +200,7 @@ class PlansView(APIView):
         values = dict(data.validated_data)
         charges = [
             services.ChargeInput(
-                **{**c, "tiers": [_tier_json(t) for t in c.get("tiers", [])]},
+                **c,
             )
             for c in values.pop("charges")
         ]

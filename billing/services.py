@@ -172,13 +172,28 @@ def plan_create(
                 price_model=c.price_model,
                 unit_size=c.unit_size,
                 unit_price=c.unit_price,
-                tiers=c.tiers,
+                tiers=[_tier_json(t) for t in c.tiers],
                 package_size=c.package_size,
                 included_units=c.included_units,
             )
             for index, c in enumerate(charges)
         )
     return plan
+
+
+def _plain(value: Any) -> str:
+    # normalize() alone would turn 10000000.000000 into "1E+7".
+    return format(Decimal(str(value)).normalize(), "f")
+
+
+def _tier_json(tier: dict[str, Any]) -> dict[str, Any]:
+    """A tier as stored in JSON: decimal strings, never floats."""
+    up_to = tier.get("up_to")
+    return {
+        "up_to": None if up_to is None else _plain(up_to),
+        "unit_price": _plain(tier["unit_price"]),
+        "flat_fee": _plain(tier.get("flat_fee") or 0),
+    }
 
 
 def _default_name(charge: ChargeInput) -> str:
