@@ -147,13 +147,13 @@ class RowCost:
 def row_cost(*, row: dict[str, Any], rates: ModelRates, gpu_second: Decimal | None) -> RowCost:
     """The cost of one usage row (summed metrics of one model, hardware and provider)."""
     result = RowCost()
-    input_tokens = int(row["input_tokens"])
-    cache_read = int(row["cache_read_input_tokens"])
-    cache_write = int(row["cache_write_input_tokens"])
-    output = int(row["output_tokens"])
-    reasoning = min(int(row["reasoning_output_tokens"]), output)
+    input_tokens: int = row["input_tokens"]
+    cache_read: int = row["cache_read_input_tokens"]
+    cache_write: int = row["cache_write_input_tokens"]
+    output: int = row["output_tokens"]
+    reasoning = min(row["reasoning_output_tokens"], output)
     uncached = max(input_tokens - cache_read - cache_write, 0)
-    gpu_seconds = Decimal(row["gpu_seconds"])
+    gpu_seconds: Decimal = row["gpu_seconds"]
     has_tokens = bool(input_tokens or output)
     if rates.any:
         result.costed = True
@@ -178,7 +178,7 @@ def row_cost(*, row: dict[str, Any], rates: ModelRates, gpu_second: Decimal | No
         result.costed = True
         with localcontext(EXACT):
             result.gpu_cost = gpu_seconds * gpu_second
-    elif gpu_seconds and row.get("hardware"):
+    elif gpu_seconds and row["hardware"]:
         result.uncosted_gpu_seconds = gpu_seconds
     if not result.costed:
         # Nothing applies: everything in the row is uncosted, nothing is priced at zero.
@@ -216,24 +216,27 @@ class UsageCost:
         return self.input_tokens + self.output_tokens
 
     def add(self, *, row: dict[str, Any], priced: RowCost) -> None:
-        requests = int(row["requests"])
+        """Add a metering usage row (ints, gpu_seconds a Decimal) and its cost."""
+        requests: int = row["requests"]
+        input_tokens: int = row["input_tokens"]
+        cache_read: int = row["cache_read_input_tokens"]
+        output: int = row["output_tokens"]
+        gpu_seconds: Decimal = row["gpu_seconds"]
+        cost = priced.token_cost + priced.gpu_cost
         self.token_cost += priced.token_cost
         self.gpu_cost += priced.gpu_cost
         self.requests += requests
-        self.input_tokens += int(row["input_tokens"])
-        self.cache_read_input_tokens += int(row["cache_read_input_tokens"])
-        self.cache_write_input_tokens += int(row["cache_write_input_tokens"])
-        self.output_tokens += int(row["output_tokens"])
-        self.reasoning_output_tokens += int(row["reasoning_output_tokens"])
-        self.gpu_seconds += Decimal(row["gpu_seconds"])
+        self.input_tokens += input_tokens
+        self.cache_read_input_tokens += cache_read
+        self.cache_write_input_tokens += row["cache_write_input_tokens"]
+        self.output_tokens += output
+        self.reasoning_output_tokens += row["reasoning_output_tokens"]
+        self.gpu_seconds += gpu_seconds
         self.uncosted_tokens += priced.uncosted_tokens
         self.uncosted_gpu_seconds += priced.uncosted_gpu_seconds
-        if not priced.costed:
-            self.uncosted_requests += requests
-            self.uncosted_models.add(row["model"])
-        model = self.by_model.setdefault(
-            row["model"],
-            {
+        model = self.by_model.get(row["model"])
+        if model is None:
+            model = self.by_model[row["model"]] = {
                 "cost": ZERO,
                 "requests": 0,
                 "input_tokens": 0,
@@ -241,25 +244,30 @@ class UsageCost:
                 "output_tokens": 0,
                 "gpu_seconds": ZERO,
                 "uncosted_requests": 0,
-            },
-        )
-        model["cost"] += priced.cost
+            }
+        model["cost"] += cost
         model["requests"] += requests
-        model["input_tokens"] += int(row["input_tokens"])
-        model["cache_read_input_tokens"] += int(row["cache_read_input_tokens"])
-        model["output_tokens"] += int(row["output_tokens"])
-        model["gpu_seconds"] += Decimal(row["gpu_seconds"])
+        model["input_tokens"] += input_tokens
+        model["cache_read_input_tokens"] += cache_read
+        model["output_tokens"] += output
+        model["gpu_seconds"] += gpu_seconds
         if not priced.costed:
+            self.uncosted_requests += requests
+            self.uncosted_models.add(row["model"])
             model["uncosted_requests"] += requests
-        if row.get("hardware"):
-            hardware = self.by_hardware.setdefault(
-                row["hardware"],
-                {"cost": ZERO, "gpu_cost": ZERO, "requests": 0, "gpu_seconds": ZERO},
-            )
-            hardware["cost"] += priced.cost
+        if row["hardware"]:
+            hardware = self.by_hardware.get(row["hardware"])
+            if hardware is None:
+                hardware = self.by_hardware[row["hardware"]] = {
+                    "cost": ZERO,
+                    "gpu_cost": ZERO,
+                    "requests": 0,
+                    "gpu_seconds": ZERO,
+                }
+            hardware["cost"] += cost
             hardware["gpu_cost"] += priced.gpu_cost
             hardware["requests"] += requests
-            hardware["gpu_seconds"] += Decimal(row["gpu_seconds"])
+            hardware["gpu_seconds"] += gpu_seconds
 
     def breakdown(self, *, places: Decimal) -> dict[str, Any]:
         """JSON-ready: models and hardware by cost, dearest first."""

@@ -25,18 +25,19 @@ pricing.simulate re-rates it under another plan.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, localcontext
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Prefetch, Q
 
 from billing import rating
 from billing.invoicing import BillingPeriod, invoice_compute
-from billing.metering_view import UsageRow
-from billing.models import Charge, Customer, InvoiceLine, Subscription
+from billing.metering_view import ROW_METRICS, UsageRow
+from billing.models import Charge, Customer, InvoiceLine, Plan, Subscription
 from pricing import selectors
 from pricing.costing import EXACT, RateBook, UsageCost, row_cost
 
@@ -77,21 +78,28 @@ def customer_periods(
     """Every customer's billing period starting in the month `period`, with the
     subscriptions overlapping it (plans and charges prefetched)."""
     month, following = selectors.month_start(period), selectors.next_month(period)
-    customers = Customer.objects.order_by("id")
+    customers = Customer.objects.order_by("id").only("id", "external_id", "name", "currency")
     if customer_ids is not None:
         customers = customers.filter(id__in=list(customer_ids))
     window_end = following + timedelta(days=31)  # a period starting in `month` ends by then
-    subscriptions = (
+    subscriptions = list(
         Subscription.objects.filter(start_date__lt=window_end)
         .filter(Q(end_date__isnull=True) | Q(end_date__gt=month))
-        .select_related("plan")
-        .prefetch_related(Prefetch("plan__charges", queryset=Charge.objects.order_by("position")))
         .order_by("customer_id", "start_date", "id")
     )
     if customer_ids is not None:
-        subscriptions = subscriptions.filter(customer_id__in=list(customer_ids))
+        wanted = set(customer_ids)
+        subscriptions = [s for s in subscriptions if s.customer_id in wanted]
+    # One instance per plan version, charges prefetched: shared by its subscriptions.
+    plans = {
+        plan.id: plan
+        for plan in Plan.objects.filter(id__in={s.plan_id for s in subscriptions}).prefetch_related(
+            Prefetch("charges", queryset=Charge.objects.order_by("position"))
+        )
+    }
     by_customer: dict[int, list[Subscription]] = {}
     for subscription in subscriptions:
+        subscription.plan = plans[subscription.plan_id]
         by_customer.setdefault(subscription.customer_id, []).append(subscription)
     out: list[CustomerPeriod] = []
     for customer in customers:
@@ -125,9 +133,24 @@ class MarginFigures:
     revenue_basis: str = "none"
     projected_revenue: Decimal | None = None
     projected_cost: Decimal | None = None
-    # Usage rows per subscription id (billing's shape), and of the whole period.
-    rows_by_subscription: dict[int, list[UsageRow]] = field(default_factory=dict)
-    rows: list[UsageRow] = field(default_factory=list)
+    # Usage rows as metering reads them, by the subscription in force (None: none).
+    raw_rows: dict[int | None, list[dict[str, Any]]] = field(default_factory=dict)
+    revenue_parts: list[PlanRevenue] = field(default_factory=list)
+
+    def project(self) -> Decimal | None:
+        """The period's revenue with usage at its current run rate (open periods)."""
+        if self.is_open and self.revenue_basis == "accrued" and self.projected_revenue is None:
+            self.projected_revenue = sum((p.projected() for p in self.revenue_parts), Decimal(0))
+        return self.projected_revenue
+
+    def subscription_rows(self, subscription_id: int) -> list[UsageRow]:
+        """The usage billed to one subscription, as the billing engine rates it."""
+        return usage_rows_merge(self.raw_rows.get(subscription_id, ()))
+
+    @property
+    def rows(self) -> list[UsageRow]:
+        """All the period's usage, as the billing engine rates it."""
+        return usage_rows_merge(r for rows in self.raw_rows.values() for r in rows)
 
     @property
     def customer(self) -> Customer:
@@ -189,6 +212,24 @@ class MarginFigures:
         return bool(self.cp.subscriptions) or self.usage.requests > 0
 
 
+def usage_rows_merge(rows: Iterable[dict[str, Any]]) -> list[UsageRow]:
+    """Metering rows summed per model, hardware and provider, in the billing engine's
+    shape (pieces split at rate changes are one row again)."""
+    merged: dict[tuple[str, str, str], dict[str, Decimal]] = {}
+    for row in rows:
+        key = (row["model"], row["hardware"], row["provider"])
+        metrics = merged.get(key)
+        if metrics is None:
+            merged[key] = {m: Decimal(row[m]) for m in ROW_METRICS}
+        else:
+            for m in ROW_METRICS:
+                metrics[m] += row[m]
+    return [
+        UsageRow(model=model, hardware=hardware, provider=provider, metrics=metrics)
+        for (model, hardware, provider), metrics in merged.items()
+    ]
+
+
 def _elapsed_days(bp: BillingPeriod, as_of: datetime) -> int:
     seconds = (as_of - day_start(bp.service_start)).total_seconds()
     return min(max(math.ceil(seconds / 86400), 0), bp.service_days)
@@ -219,57 +260,123 @@ def _scaled(rows: list[UsageRow], factor: Decimal) -> list[UsageRow]:
         ]
 
 
+@dataclass
+class PlanRevenue:
+    """One subscription's revenue in a period, as the billing engine rates it.
+
+    `revenue`: the invoice amount (closed) or what is accrued so far (open). `floor`:
+    what the period brings at least by its end (flat fees and minimums in full, usage
+    charges on the usage so far: charges only grow with usage). `projected()`: usage
+    extrapolated to the period's end at its run rate and rated; computed on demand."""
+
+    revenue: Decimal
+    floor: Decimal
+    projector: Callable[[], Decimal] | None = None
+
+    def projected(self) -> Decimal:
+        return self.projector() if self.projector is not None else self.floor
+
+
+RevenueCache = dict[tuple[Any, ...], PlanRevenue]
+
+
 def plan_revenue(
+    *,
+    subscription: Subscription,
+    bp: BillingPeriod,
+    rows: list[UsageRow] | Callable[[], list[UsageRow]],
+    as_of: datetime,
+    is_open: bool,
+    cache: RevenueCache | None = None,
+) -> PlanRevenue:
+    """One subscription's share of a period rated by the billing engine: the full
+    invoice amount when closed; accrued (with its floor and projection) when open.
+    `rows` may be a function making them: a plan without charges needs none, and its
+    result is shared through `cache` by every subscription to it."""
+    plan = subscription.plan
+    if not list(plan.charges.all()):
+        key = (plan.pk, bp, as_of, is_open)
+        if cache is not None and key in cache:
+            return cache[key]
+        result = _plan_revenue(
+            subscription=subscription, bp=bp, rows=[], as_of=as_of, is_open=is_open
+        )
+        if cache is not None and plan.pk is not None:
+            cache[key] = result
+        return result
+    return _plan_revenue(
+        subscription=subscription,
+        bp=bp,
+        rows=rows() if callable(rows) else rows,
+        as_of=as_of,
+        is_open=is_open,
+    )
+
+
+def _plan_revenue(
     *,
     subscription: Subscription,
     bp: BillingPeriod,
     rows: list[UsageRow],
     as_of: datetime,
     is_open: bool,
-) -> tuple[Decimal, Decimal | None]:
-    """(revenue, projected revenue) of one subscription's share of a period, rated by the
-    billing engine: the full invoice amount when closed; accrued (and projected) when
-    open."""
+) -> PlanRevenue:
     currency = subscription.plan.currency
+    days = bp.service_days
     if not is_open or as_of >= day_start(bp.service_end):
         lines = invoice_compute(subscription=subscription, period=bp, rows=rows)
-        full = _rounded_total(lines, currency, elapsed=None, days=bp.service_days)
-        return full, full
+        full = _rounded_total(lines, currency, elapsed=None, days=days)
+        return PlanRevenue(revenue=full, floor=full)
     if as_of <= day_start(bp.service_start):
         lines = invoice_compute(subscription=subscription, period=bp, rows=[])
-        return Decimal(0), _rounded_total(lines, currency, elapsed=None, days=bp.service_days)
+        return PlanRevenue(
+            revenue=Decimal(0), floor=_rounded_total(lines, currency, elapsed=None, days=days)
+        )
     lines = invoice_compute(subscription=subscription, period=bp, rows=rows)
-    accrued = _rounded_total(
-        lines, currency, elapsed=_elapsed_days(bp, as_of), days=bp.service_days
-    )
-    elapsed = Decimal((as_of - day_start(bp.service_start)).total_seconds())
-    span = Decimal((day_start(bp.service_end) - day_start(bp.service_start)).total_seconds())
-    with localcontext(EXACT):
-        factor = span / elapsed
-    projected_lines = invoice_compute(
-        subscription=subscription, period=bp, rows=_scaled(rows, factor)
-    )
-    projected = _rounded_total(projected_lines, currency, elapsed=None, days=bp.service_days)
-    return accrued, projected
+    accrued = _rounded_total(lines, currency, elapsed=_elapsed_days(bp, as_of), days=days)
+    floor = _rounded_total(lines, currency, elapsed=None, days=days)
+    if not rows or not list(subscription.plan.charges.all()):
+        return PlanRevenue(revenue=accrued, floor=floor)  # nothing grows with usage
+
+    def projector() -> Decimal:
+        elapsed = Decimal((as_of - day_start(bp.service_start)).total_seconds())
+        span = Decimal((day_start(bp.service_end) - day_start(bp.service_start)).total_seconds())
+        with localcontext(EXACT):
+            factor = span / elapsed
+        scaled = invoice_compute(subscription=subscription, period=bp, rows=_scaled(rows, factor))
+        return _rounded_total(scaled, currency, elapsed=None, days=days)
+
+    return PlanRevenue(revenue=accrued, floor=floor, projector=projector)
 
 
 def _group_key(cp: CustomerPeriod) -> tuple[date, date, tuple[date, ...]]:
     return (cp.start, cp.end, cp.edges)
 
 
-def margins_compute(*, periods: Sequence[CustomerPeriod], as_of: datetime) -> list[MarginFigures]:
-    """Cost, revenue and projections of each customer period, as of `as_of`. Customers
-    sharing a period and subscription boundaries are read together."""
+@dataclass
+class GroupUsage:
+    """What the database says about customers sharing a period and its boundaries."""
+
+    members: list[CustomerPeriod]
+    period_start: datetime
+    period_end: datetime
+    segments: list[selectors.Segment]
+    book: RateBook
+    invoiced: selectors.InvoicedRevenue | None
+
+
+def margins_read(*, periods: Sequence[CustomerPeriod], as_of: datetime) -> list[GroupUsage]:
+    """All the reads of a computation: usage split at rate changes and subscription
+    boundaries, the rates, and invoices of closed periods. Customers sharing a period
+    and subscription boundaries are read together."""
     groups: dict[tuple[date, date, tuple[date, ...]], list[CustomerPeriod]] = {}
     for cp in periods:
         if day_start(cp.start) < as_of:
             groups.setdefault(_group_key(cp), []).append(cp)
-    results: list[MarginFigures] = []
-    min_projection = timedelta(hours=settings.INFERBILL_PROJECTION_MIN_HOURS)
+    out: list[GroupUsage] = []
     for (start, end, edges), members in groups.items():
         period_start, period_end = day_start(start), day_start(end)
         read_end = min(period_end, as_of)
-        is_open = as_of < period_end
         boundaries = selectors.rate_boundaries(start=period_start, end=read_end)
         boundaries += [day_start(d) for d in edges]
         segments = selectors.usage_segments(
@@ -280,18 +387,52 @@ def margins_compute(*, periods: Sequence[CustomerPeriod], as_of: datetime) -> li
         )
         models = {r["model"] for s in segments for rows in s.rows.values() for r in rows}
         hardware = {r["hardware"] for s in segments for rows in s.rows.values() for r in rows}
-        book = RateBook.load(models=models, hardware=hardware, before=read_end)
-        invoiced = (
-            selectors.invoiced_revenue(
+        invoiced = None
+        if as_of >= period_end:
+            invoiced = selectors.invoiced_revenue(
                 customer_ids=[cp.customer.id for cp in members], month=members[0].period
             )
-            if not is_open
-            else None
+        out.append(
+            GroupUsage(
+                members=members,
+                period_start=period_start,
+                period_end=period_end,
+                segments=segments,
+                book=RateBook.load(models=models, hardware=hardware, before=read_end),
+                invoiced=invoiced,
+            )
         )
+    return out
+
+
+def margins_compute(
+    *,
+    periods: Sequence[CustomerPeriod],
+    as_of: datetime,
+    reads: list[GroupUsage] | None = None,
+) -> list[MarginFigures]:
+    """Cost, revenue and projections of each customer period, as of `as_of` (`reads`:
+    what `margins_read` returned for them, when the caller read ahead)."""
+    if reads is None:
+        reads = margins_read(periods=periods, as_of=as_of)
+    results: list[MarginFigures] = []
+    cache: RevenueCache = {}
+    min_projection = timedelta(hours=settings.INFERBILL_PROJECTION_MIN_HOURS)
+    for group in reads:
+        members, segments, book, invoiced = (
+            group.members,
+            group.segments,
+            group.book,
+            group.invoiced,
+        )
+        period_start, period_end = group.period_start, group.period_end
+        is_open = as_of < period_end
         for cp in members:
             figures = MarginFigures(cp=cp, as_of=as_of, is_open=is_open, usage=UsageCost())
             for segment in segments:
-                rows = segment.rows.get(cp.customer.external_id, ())
+                rows = segment.rows.get(cp.customer.external_id)
+                if not rows:
+                    continue
                 owner = next(
                     (
                         s.id
@@ -300,6 +441,7 @@ def margins_compute(*, periods: Sequence[CustomerPeriod], as_of: datetime) -> li
                     ),
                     None,
                 )
+                figures.raw_rows.setdefault(owner, []).extend(rows)
                 for row in rows:
                     rates = book.model_rates(
                         model=row["model"], provider=row["provider"], at=segment.start
@@ -308,51 +450,50 @@ def margins_compute(*, periods: Sequence[CustomerPeriod], as_of: datetime) -> li
                     figures.usage.add(
                         row=row, priced=row_cost(row=row, rates=rates, gpu_second=gpu)
                     )
-                    usage = selectors.usage_row(row)
-                    figures.rows.append(usage)
-                    if owner is not None:
-                        figures.rows_by_subscription.setdefault(owner, []).append(usage)
             if not figures.active:
                 continue
-            _revenue(figures, invoiced)
+            _revenue(figures, invoiced, cache)
             if is_open and as_of - period_start >= min_projection:
                 with localcontext(EXACT):
                     factor = Decimal((period_end - period_start).total_seconds()) / Decimal(
                         (as_of - period_start).total_seconds()
                     )
                     figures.projected_cost = money(figures.usage.cost * factor)
-            else:
-                figures.projected_revenue = None
+                floor = sum((part.floor for part in figures.revenue_parts), Decimal(0))
+                exact = all(part.projector is None for part in figures.revenue_parts)
+                # Below the floor no projection can turn negative: rate it only when needed.
+                if exact or figures.projected_cost > floor:
+                    figures.project()
             results.append(figures)
     return results
 
 
-def _revenue(figures: MarginFigures, invoiced: selectors.InvoicedRevenue | None) -> None:
+def _revenue(
+    figures: MarginFigures, invoiced: selectors.InvoicedRevenue | None, cache: RevenueCache
+) -> None:
     if not figures.cp.subscriptions:
         figures.revenue_basis = "none"
         return
     revenue = Decimal(0)
-    projected = Decimal(0)
     estimated = False
     for subscription, bp in figures.cp.subscriptions:
-        rows = figures.rows_by_subscription.get(subscription.id, [])
         if invoiced is not None and subscription.id in invoiced.by_subscription:
             revenue += invoiced.by_subscription[subscription.id]
             continue
-        amount, projection = plan_revenue(
+        part = plan_revenue(
             subscription=subscription,
             bp=bp,
-            rows=rows,
+            rows=lambda sid=subscription.id: figures.subscription_rows(sid),
             as_of=figures.as_of,
             is_open=figures.is_open,
+            cache=cache,
         )
-        revenue += amount
-        projected += projection or 0
+        figures.revenue_parts.append(part)
+        revenue += part.revenue
         estimated = invoiced is not None
     if invoiced is not None:
         revenue += invoiced.adjustments.get(figures.customer.id, Decimal(0))
         figures.revenue_basis = "estimate" if estimated else "invoice"
     else:
         figures.revenue_basis = "accrued"
-        figures.projected_revenue = projected
     figures.revenue = revenue

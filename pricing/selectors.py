@@ -10,9 +10,9 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection, transaction
 from django.db.models import Q, QuerySet, Sum
 
-from billing.metering_view import ROW_METRICS, UsageRow
 from billing.models import Invoice, InvoiceLine
 from metering.selectors import usage_rows
 from pricing.models import CostRate, MarginFlag, MarginSnapshot
@@ -20,6 +20,7 @@ from pricing.models import CostRate, MarginFlag, MarginSnapshot
 # Customers per usage query: keeps the IN lists far below PostgreSQL's 65,535
 # parameters (usage_rows repeats the list up to four times).
 USAGE_CHUNK = 2000
+READ_WORK_MEM = "128MB"
 GROUP = ("customer", "model", "hardware", "provider")
 
 
@@ -72,24 +73,22 @@ def usage_segments(
     (metering.selectors.usage_rows), so every stored event counts exactly once."""
     cuts = [start, *sorted(b for b in set(boundaries) if start < b < end), end]
     segments = [Segment(a, b) for a, b in itertools.pairwise(cuts) if a < b]
-    for segment in segments:
-        for i in range(0, len(customers), USAGE_CHUNK):
-            chunk = customers[i : i + USAGE_CHUNK]
-            for row in usage_rows(
-                customers=chunk, start=segment.start, end=segment.end, group=GROUP
-            ):
-                segment.rows.setdefault(row["customer"], []).append(row)
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Aggregate a month of hourly rows in memory rather than in sorted runs on disk.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)",
+                    [READ_WORK_MEM],
+                )
+        for segment in segments:
+            for i in range(0, len(customers), USAGE_CHUNK):
+                chunk = customers[i : i + USAGE_CHUNK]
+                for row in usage_rows(
+                    customers=chunk, start=segment.start, end=segment.end, group=GROUP
+                ):
+                    segment.rows.setdefault(row["customer"], []).append(row)
     return segments
-
-
-def usage_row(row: dict[str, Any]) -> UsageRow:
-    """A metering usage row as the billing engine rates it."""
-    return UsageRow(
-        model=row["model"],
-        hardware=row["hardware"],
-        provider=row["provider"],
-        metrics={m: Decimal(row[m]) for m in ROW_METRICS},
-    )
 
 
 # --- revenue on invoices -----------------------------------------------------------------

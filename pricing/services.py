@@ -20,6 +20,7 @@ import json
 import logging
 import time as time_module
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from billing.invoicing import BillingPeriod
@@ -36,10 +37,12 @@ from pricing import selectors
 from pricing.alerts import flags_notify
 from pricing.margins import (
     CustomerPeriod,
+    GroupUsage,
     MarginFigures,
     customer_periods,
     day_start,
     margins_compute,
+    margins_read,
     money,
     plan_revenue,
 )
@@ -403,7 +406,7 @@ def insights_compute(*, figures: MarginFigures, reference: Plan | None) -> dict[
     """What finance sees for a flagged customer."""
     usage = figures.usage
     cost = figures.cost
-    fee = figures.projected_revenue if figures.is_open else figures.revenue
+    fee = figures.project() if figures.is_open else figures.revenue
     out: dict[str, Any] = {
         "reference_plan": reference.code if reference else None,
         "reference_amount": None,
@@ -418,13 +421,13 @@ def insights_compute(*, figures: MarginFigures, reference: Plan | None) -> dict[
         hypothetical = Subscription(
             customer=figures.customer, plan=reference, start_date=service_start
         )
-        amount, _ = plan_revenue(
+        amount = plan_revenue(
             subscription=hypothetical,
             bp=BillingPeriod(cp.start, cp.end, service_start, service_end),
             rows=figures.rows,
             as_of=figures.as_of,
             is_open=figures.is_open,
-        )
+        ).revenue
         out["reference_amount"] = format(amount, "f")
     if cost > 0 and fee is not None:
         # Cost grows with usage at the customer's own model mix: usage per dollar × fee.
@@ -598,16 +601,35 @@ def margins_refresh(
         for cp in customer_periods(period=month, customer_ids=customer_ids)
         if day_start(cp.start) < as_of and (not open_only or day_start(cp.end) > as_of)
     ]
-    for i in range(0, len(periods), chunk_size):
-        chunk = periods[i : i + chunk_size]
-        figures = margins_compute(periods=chunk, as_of=as_of)
-        raised, cleared, flagged = _write(period=month, cps=chunk, figures=figures, as_of=as_of)
-        result.customers += len(figures)
-        result.flagged += flagged
-        result.raised += raised
-        result.cleared += cleared
+    chunks = [periods[i : i + chunk_size] for i in range(0, len(periods), chunk_size)]
+    # PostgreSQL reads the next chunk's usage while Python rates this one. (Inside a
+    # transaction, another connection would not see its writes: read in line.)
+    ahead = connection.vendor == "postgresql" and not connection.in_atomic_block
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(_read, chunks[0], as_of) if ahead and chunks else None
+        for index, chunk in enumerate(chunks):
+            if pending is not None:
+                reads = pending.result()
+                following = chunks[index + 1] if index + 1 < len(chunks) else None
+                pending = reader.submit(_read, following, as_of) if following else None
+            else:
+                reads = margins_read(periods=chunk, as_of=as_of)
+            figures = margins_compute(periods=chunk, as_of=as_of, reads=reads)
+            raised, cleared, flagged = _write(period=month, cps=chunk, figures=figures, as_of=as_of)
+            result.customers += len(figures)
+            result.flagged += flagged
+            result.raised += raised
+            result.cleared += cleared
     result.seconds = time_module.perf_counter() - started
     return result
+
+
+def _read(periods: list[CustomerPeriod], as_of: datetime) -> list[GroupUsage]:
+    """margins_read on the reader thread's own connection, closed afterwards."""
+    try:
+        return margins_read(periods=periods, as_of=as_of)
+    finally:
+        connections.close_all()
 
 
 def margins_refresh_open(*, as_of: datetime | None = None) -> list[RefreshResult]:

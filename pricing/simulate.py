@@ -129,13 +129,13 @@ def plan_simulate(
                 start_date=service_start,
                 anchor_day=cp.subscriptions[-1][0].anchor_day,
             )
-            revenue_now, _ = plan_revenue(
+            revenue_now = plan_revenue(
                 subscription=candidate,
                 bp=BillingPeriod(cp.start, cp.end, service_start, service_end),
                 rows=fig.rows,
                 as_of=as_of,
                 is_open=fig.is_open,
-            )
+            ).revenue
             result.rows.append(
                 SimulationRow(
                     customer=fig.customer.external_id,

@@ -10,6 +10,7 @@ import pytest
 
 from billing import invoicing
 from metering.rollup import usage_rollup_fold
+from pricing.margins import customer_periods, margins_compute
 from pricing.models import MarginFlag
 from tests.pricing.helpers import (
     APRIL,
@@ -240,10 +241,16 @@ def test_a_plan_change_in_the_middle_of_a_period(gpt4o: None) -> None:
     # Flat: 10 of 30 days, all of them past: 10.00. Usage plan so far: 2M × 5/M + 0.5M × 15/M.
     assert (s.revenue, s.cost, s.margin) == (D("27.50"), D("14.50"), D("13.00"))
     assert s.plan_codes == ["payg", "unlimited"] and not s.is_flat
-    # Run rate of the usage plan: 9.5 of its 20 days → × 20/9.5, line by line:
-    # 4,210,526.3… in × 5/M = 21.05; 1,052,631.5… out × 15/M = 15.79; plus the flat 10.00.
-    assert s.projected_revenue == D("46.84")
     assert s.projected_cost == D("22.307692307692")  # 14.50 × 30 / 19.5
+    # The period brings at least 27.50 (charges only grow with usage), more than the
+    # projected cost: the projection is not rated, nothing can turn negative.
+    assert s.projected_revenue is None and s.flag == ""
+    # Rated: the usage plan's run rate is 9.5 of its 20 days → × 20/9.5, line by line:
+    # 4,210,526.3… in × 5/M = 21.05; 1,052,631.5… out × 15/M = 15.79; plus the flat 10.00.
+    (figures,) = margins_compute(
+        periods=customer_periods(period=APRIL), as_of=at("2026-04-20 12:00")
+    )
+    assert figures.project() == D("46.84")
 
     refresh("2026-05-01 00:00")
     estimate = snapshot()
