@@ -53,7 +53,8 @@ logger = logging.getLogger(__name__)
 # A first rate imported from a catalog costs everything before it too.
 RATES_BEGIN = datetime(2000, 1, 1, tzinfo=UTC)
 PER_TOKEN_PLACES = Decimal("1e-18")
-REFRESH_CHUNK = 2000
+REFRESH_CHUNK = 1000  # customers rated (and written) together
+READ_AHEAD = 2  # connections reading the next chunks' usage meanwhile
 
 
 class RateError(Exception):
@@ -602,16 +603,19 @@ def margins_refresh(
         if day_start(cp.start) < as_of and (not open_only or day_start(cp.end) > as_of)
     ]
     chunks = [periods[i : i + chunk_size] for i in range(0, len(periods), chunk_size)]
-    # PostgreSQL reads the next chunk's usage while Python rates this one. (Inside a
-    # transaction, another connection would not see its writes: read in line.)
-    ahead = connection.vendor == "postgresql" and not connection.in_atomic_block
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(_read, chunks[0], as_of) if ahead and chunks else None
+    # On PostgreSQL, READ_AHEAD connections read the next chunks' usage while Python
+    # rates this one. (Inside a transaction other connections would not see its
+    # writes: then everything is read in line.)
+    ahead = READ_AHEAD if connection.vendor == "postgresql" else 0
+    if connection.in_atomic_block:
+        ahead = 0
+    with ThreadPoolExecutor(max_workers=max(ahead, 1)) as readers:
+        pending = [readers.submit(_read, chunk, as_of) for chunk in chunks[:ahead]]
         for index, chunk in enumerate(chunks):
-            if pending is not None:
-                reads = pending.result()
-                following = chunks[index + 1] if index + 1 < len(chunks) else None
-                pending = reader.submit(_read, following, as_of) if following else None
+            if ahead:
+                reads = pending.pop(0).result()
+                if index + ahead < len(chunks):
+                    pending.append(readers.submit(_read, chunks[index + ahead], as_of))
             else:
                 reads = margins_read(periods=chunk, as_of=as_of)
             figures = margins_compute(periods=chunk, as_of=as_of, reads=reads)
