@@ -268,8 +268,13 @@ class MarginsView(APIView):
         description="Revenue (invoiced, or accrued in the open period), compute cost, margin "
         "and margin ratio per customer, with breakdowns by model and hardware, uncosted "
         "usage, the active flag and, for flagged customers, the reference-plan amount, "
-        "break-even usage, most expensive models and cache-read share. As of the last "
-        "refresh (hourly; `manage.py refresh_margins` runs it now).",
+        "break-even usage, most expensive models and cache-read share. In the open period "
+        "`projected_cost` is the cost at the current run rate by the period's end; "
+        "`projected_revenue` is the billing engine's rating of usage at that run rate, "
+        "given when the projected cost exceeds what the period brings at least (flat fees "
+        "in full plus usage rated so far) and null otherwise, since then no projection "
+        "can turn negative. As of the last refresh (hourly; `manage.py refresh_margins` "
+        "runs it now).",
         parameters=[
             OpenApiParameter("period", str, required=True, description="YYYY-MM"),
             OpenApiParameter("flagged", bool, description="Only flagged customers"),

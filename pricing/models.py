@@ -181,8 +181,16 @@ class MarginSnapshot(models.Model):
     gpu_cost = models.DecimalField(**MONEY, default=Decimal(0))
     margin = models.DecimalField(**MONEY, default=Decimal(0))
     margin_ratio = models.DecimalField(max_digits=24, decimal_places=6, null=True, blank=True)
-    projected_revenue = models.DecimalField(**MONEY, null=True, blank=True)
-    projected_cost = models.DecimalField(**MONEY, null=True, blank=True)
+    projected_cost = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="Open period: cost at the current run rate."
+    )
+    projected_revenue = models.DecimalField(
+        **MONEY,
+        null=True,
+        blank=True,
+        help_text="Open period: revenue for usage at the run rate; rated only when the "
+        "projected cost exceeds the fees in full plus usage rated so far.",
+    )
     requests = models.BigIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     cache_read_input_tokens = models.BigIntegerField(default=0)
