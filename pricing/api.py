@@ -278,6 +278,8 @@ class MarginsView(APIView):
         parameters=[
             OpenApiParameter("period", str, required=True, description="YYYY-MM"),
             OpenApiParameter("flagged", bool, description="Only flagged customers"),
+            OpenApiParameter("limit", int, description="At most this many customers"),
+            OpenApiParameter("offset", int, description="Skip this many (worst first)"),
         ],
         responses={
             200: MarginReportSerializer,
@@ -293,8 +295,18 @@ class MarginsView(APIView):
         flagged_raw = (request.query_params.get("flagged") or "false").lower()
         if flagged_raw not in ("true", "false", "1", "0"):
             return Response({"detail": "flagged: must be true or false"}, status=400)
+        try:
+            limit = int(request.query_params["limit"]) if "limit" in request.query_params else None
+            offset = int(request.query_params.get("offset", 0))
+        except ValueError:
+            return Response({"detail": "limit, offset: must be integers"}, status=400)
+        if (limit is not None and limit < 1) or offset < 0:
+            return Response({"detail": "limit: 1 or more; offset: 0 or more"}, status=400)
         report = selectors.margin_report(period=period, flagged=flagged_raw in ("true", "1"))
-        return Response(reports.margin_report_dict(report))
+        body = reports.margin_report_dict(report)  # totals over every customer
+        end = None if limit is None else offset + limit
+        body["customers"] = body["customers"][offset:end]
+        return Response(body)
 
 
 class SimulationsView(APIView):

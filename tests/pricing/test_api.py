@@ -173,6 +173,9 @@ def test_margins_worst_first_with_totals(reader: httpx.Client, april_margins: No
     assert (totals["customers"], totals["flagged"], totals["flat_flagged"]) == (3, 1, 1)
     flagged = reader.get("/v1/margins", params={"period": "2026-04", "flagged": "true"}).json()
     assert [c["customer"] for c in flagged["customers"]] == ["heavy"]
+    page = reader.get("/v1/margins", params={"period": "2026-04", "limit": 1, "offset": 1})
+    assert [c["customer"] for c in page.json()["customers"]] == ["metered"]
+    assert page.json()["totals"]["customers"] == 3
 
 
 def test_margins_bad_query(reader: httpx.Client) -> None:
