@@ -19,7 +19,9 @@ pricing.simulate re-rates it under another plan.
   usage charges count as rated so far with the period's whole included units.
 - Projection (open period): cost at the current run rate (cost so far × period length /
   elapsed time) against the revenue the billing engine rates for usage scaled the same
-  way, flat fees in full.
+  way, flat fees in full. That rating is done only when the projected cost exceeds the
+  period's floor (fees in full plus usage charges so far; charges only grow with usage),
+  since below it no projection can turn negative.
 """
 
 from __future__ import annotations
