@@ -24,7 +24,7 @@ from pricing.simulate import SimulationError, plan_simulate
 MAX_LIMIT = 1000
 
 
-class ErrorSerializer(serializers.Serializer):
+class PricingErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     errors = serializers.DictField(child=serializers.CharField(), required=False)
 
@@ -125,8 +125,8 @@ def _page(request: Request) -> tuple[int, int]:
 
 
 _AUTH_ERRORS = {
-    401: OpenApiResponse(ErrorSerializer, description="Missing, unknown or revoked key."),
-    403: OpenApiResponse(ErrorSerializer, description="Key without the needed scope."),
+    401: OpenApiResponse(PricingErrorSerializer, description="Missing, unknown or revoked key."),
+    403: OpenApiResponse(PricingErrorSerializer, description="Key without the needed scope."),
 }
 
 
@@ -152,7 +152,7 @@ class CostRatesView(APIView):
         ],
         responses={
             200: CostRateListSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="Bad query parameter."),
+            400: OpenApiResponse(PricingErrorSerializer, description="Bad query parameter."),
             **_AUTH_ERRORS,
         },
     )
@@ -187,7 +187,9 @@ class CostRatesView(APIView):
         responses={
             201: CostRateSerializer,
             200: CostRateSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="Invalid rate; `errors` by field."),
+            400: OpenApiResponse(
+                PricingErrorSerializer, description="Invalid rate; `errors` by field."
+            ),
             **_AUTH_ERRORS,
         },
         examples=[
@@ -283,7 +285,7 @@ class MarginsView(APIView):
         ],
         responses={
             200: MarginReportSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="Bad query parameter."),
+            400: OpenApiResponse(PricingErrorSerializer, description="Bad query parameter."),
             **_AUTH_ERRORS,
         },
     )
@@ -321,7 +323,7 @@ class SimulationsView(APIView):
         request=SimulationRequestSerializer,
         responses={
             200: SimulationSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="Unknown plan or bad period."),
+            400: OpenApiResponse(PricingErrorSerializer, description="Unknown plan or bad period."),
             **_AUTH_ERRORS,
         },
     )
