@@ -16,6 +16,7 @@ Preconditions and guarantees:
 from __future__ import annotations
 
 import calendar
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -38,6 +39,8 @@ from billing.models import (
     InvoiceNumberSequence,
     Subscription,
 )
+
+logger = logging.getLogger(__name__)
 
 # Earlier invoices checked for late usage. The ingest lateness window (35 days by
 # default) means only the last period or two can still change; three is a margin.
@@ -383,6 +386,15 @@ def _minimum_adjustment(
 
 def _write_lines(invoice: Invoice, drafts: list[LineDraft]) -> None:
     invoice.lines.all().delete()
+    rows, total = _line_rows(invoice, drafts)
+    InvoiceLine.objects.bulk_create(rows)
+    invoice.total = total
+    invoice.computed_at = timezone.now()
+    invoice.save(update_fields=["total", "computed_at"])
+
+
+def _line_rows(invoice: Invoice, drafts: list[LineDraft]) -> tuple[list[InvoiceLine], Decimal]:
+    """The rows of an invoice's lines, each rounded once, and their total."""
     rows = []
     total = Decimal(0)
     for position, d in enumerate(drafts):
@@ -408,10 +420,7 @@ def _write_lines(invoice: Invoice, drafts: list[LineDraft]) -> None:
                 adjusts_invoice=d.adjusts_invoice,
             )
         )
-    InvoiceLine.objects.bulk_create(rows)
-    invoice.total = total
-    invoice.computed_at = timezone.now()
-    invoice.save(update_fields=["total", "computed_at"])
+    return rows, total
 
 
 # --- generate / finalize / void ------------------------------------------------------------
@@ -467,10 +476,17 @@ class InvoiceStateError(Exception):
 
 
 def _next_number() -> str:
+    return _next_numbers(1)[0]
+
+
+def _next_numbers(count: int) -> list[str]:
+    """`count` consecutive numbers. The sequence row stays locked until the caller's
+    transaction ends, so a rollback gives them all back: no gaps."""
     sequence, _ = InvoiceNumberSequence.objects.select_for_update().get_or_create(name="invoice")
-    sequence.last_value += 1
+    first = sequence.last_value + 1
+    sequence.last_value += count
     sequence.save(update_fields=["last_value"])
-    return f"INV-{sequence.last_value:06d}"
+    return [f"INV-{value:06d}" for value in range(first, first + count)]
 
 
 def invoice_finalize(*, invoice_id: int, rows: list[UsageRow] | None = None) -> Invoice:
@@ -564,17 +580,162 @@ def invoices_generate_chunk(
         past_grace = day_start(period_start) < as_of and (
             day_start(service_end) + grace_period() <= as_of
         )
-        for subscription in members:
-            rows = usage[subscription.customer.external_id]
-            try:
-                invoice = invoice_generate(
-                    subscription_id=subscription.id, period_start=period_start, rows=rows
-                )
-                if invoice.is_open and past_grace:
-                    invoice_finalize(invoice_id=invoice.id, rows=rows)
-            except IntegrityError:
-                # A concurrent generator created it between our read and write; it did
-                # the work, and the next cycle refreshes it if still a draft.
-                continue
-            touched += 1
+        try:
+            done, stragglers = _generate_together(
+                subscription_ids=[s.id for s in members],
+                period_start=period_start,
+                service=(service_start, service_end),
+                usage=usage,
+                finalize=past_grace,
+            )
+        except Exception:
+            # One bad subscription must not hold back the others: one at a time, so every
+            # other invoice is made, and the error is raised for the task to retry.
+            logger.exception("invoices of %d subscriptions together failed", len(members))
+            done, stragglers = 0, members
+            usage = {}
+        touched += done
+        touched += _generate_one_by_one(
+            subscriptions=stragglers, period_start=period_start, usage=usage, finalize=past_grace
+        )
     return touched
+
+
+def _generate_one_by_one(
+    *,
+    subscriptions: Sequence[Subscription],
+    period_start: date,
+    usage: dict[str, list[UsageRow]],
+    finalize: bool,
+) -> int:
+    """Each invoice in its own transaction; raises the first error after trying all."""
+    touched = 0
+    error: Exception | None = None
+    for subscription in subscriptions:
+        rows = usage.get(subscription.customer.external_id)
+        try:
+            invoice = invoice_generate(
+                subscription_id=subscription.id, period_start=period_start, rows=rows
+            )
+            if invoice.is_open and finalize:
+                invoice_finalize(invoice_id=invoice.id, rows=rows)
+        except IntegrityError:
+            # A concurrent generator created it between our read and write; it did
+            # the work, and the next cycle refreshes it if still a draft.
+            continue
+        except Exception as exc:
+            error = error or exc
+            continue
+        touched += 1
+    if error is not None:
+        raise error
+    return touched
+
+
+def _generate_together(
+    *,
+    subscription_ids: Sequence[int],
+    period_start: date,
+    service: tuple[date, date],
+    usage: dict[str, list[UsageRow]],
+    finalize: bool,
+) -> tuple[int, list[Subscription]]:
+    """Create or refresh (and with `finalize`, number and freeze) the invoices of one
+    period for subscriptions whose usage was read together, in one transaction and a
+    handful of statements: what invoice_generate and invoice_finalize do one by one.
+
+    Locks are taken in their order (subscriptions, then invoices, then the number
+    sequence, last and briefly), so it serialises with them and with other chunks
+    without deadlocks. A kill rolls the whole group back; a re-run redoes it.
+
+    Returns how many it handled, and the subscriptions it left to the one-by-one path
+    (those whose service period changed since their usage was read)."""
+    stragglers: list[Subscription] = []
+    with transaction.atomic():
+        subscriptions = list(
+            Subscription.objects.select_for_update(of=("self",))
+            .filter(id__in=subscription_ids)
+            .select_related("plan", "customer")
+            .prefetch_related("plan__charges")
+            .order_by("id")
+        )
+        periods: dict[int, BillingPeriod] = {}
+        for subscription in subscriptions:
+            try:
+                period = period_for(subscription, period_start)
+            except ValueError:
+                continue
+            if (period.service_start, period.service_end) != service:
+                stragglers.append(subscription)
+                continue
+            periods[subscription.id] = period
+        by_id = {s.id: s for s in subscriptions if s.id in periods}
+        Invoice.objects.bulk_create(
+            [
+                Invoice(
+                    subscription=s,
+                    customer=s.customer,
+                    period_start=periods[s.id].start,
+                    period_end=periods[s.id].end,
+                    service_start=periods[s.id].service_start,
+                    service_end=periods[s.id].service_end,
+                    currency=s.plan.currency,
+                )
+                for s in by_id.values()
+            ],
+            ignore_conflicts=True,
+        )
+        invoices = [
+            invoice
+            for invoice in Invoice.objects.select_for_update()
+            .filter(subscription_id__in=list(by_id), period_start=period_start)
+            .order_by("subscription_id")
+            if invoice.is_open
+        ]
+        with_history = _customers_with_billed_invoices(
+            customer_ids=[i.customer_id for i in invoices], before=period_start
+        )
+        now = timezone.now()
+        lines: list[InvoiceLine] = []
+        for invoice in invoices:
+            subscription = by_id[invoice.subscription_id]
+            period = periods[subscription.id]
+            # A plan change recorded after the draft was made may have cut its service
+            # period; the draft follows (adjustments ride on whether it covers the end).
+            invoice.service_start, invoice.service_end = period.service_start, period.service_end
+            drafts = invoice_compute(
+                subscription=subscription,
+                period=period,
+                rows=usage[subscription.customer.external_id],
+            )
+            if invoice.customer_id in with_history:
+                drafts += _adjustment_lines(invoice=invoice)
+            rows, invoice.total = _line_rows(invoice, drafts)
+            invoice.computed_at = now
+            lines += rows
+        InvoiceLine.objects.filter(invoice__in=invoices).delete()
+        InvoiceLine.objects.bulk_create(lines, batch_size=2000)
+        fields = ["service_start", "service_end", "total", "computed_at"]
+        if finalize and invoices:
+            # Last, so the sequence row is locked only for the final writes.
+            for invoice, number in zip(invoices, _next_numbers(len(invoices)), strict=True):
+                invoice.number = number
+                invoice.status = Invoice.Status.FINALIZED
+                invoice.finalized_at = now
+            fields += ["number", "status", "finalized_at"]
+        Invoice.objects.bulk_update(invoices, fields, batch_size=500)
+    return len(by_id), stragglers
+
+
+def _customers_with_billed_invoices(*, customer_ids: Sequence[int], before: date) -> set[int]:
+    """Customers with a billed invoice in the adjustment look-back before `before`: only
+    their invoices can carry adjustment lines."""
+    earliest = before - timedelta(days=31 * ADJUSTMENT_LOOKBACK_PERIODS)
+    return set(
+        Invoice.objects.filter(
+            customer_id__in=customer_ids,
+            status__in=BILLED_STATUSES,
+            period_start__lt=before,
+            period_start__gte=earliest,
+        ).values_list("customer_id", flat=True)
+    )
