@@ -18,7 +18,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if connection.vendor == "postgresql":
         return
     if os.environ.get("INFERBILL_REQUIRE_SERVICES"):
-        raise pytest.UsageError("INFERBILL_REQUIRE_SERVICES is set but DATABASE_URL is not PostgreSQL")
+        raise pytest.UsageError(
+            "INFERBILL_REQUIRE_SERVICES is set but DATABASE_URL is not PostgreSQL"
+        )
     skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://…")
     for item in items:
         if "postgres" in item.keywords:
