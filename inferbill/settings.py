@@ -90,6 +90,13 @@ else:
     DATABASES["default"]["OPTIONS"].setdefault(
         "connect_timeout", int(os.environ.get("DATABASE_CONNECT_TIMEOUT", "5"))
     )
+    # The ingest path prepares its statements (psycopg server-side binding; the ORM's
+    # client-side cursors never prepare). Behind a transaction-pooling PgBouncer older
+    # than 1.21, set DATABASE_PREPARE_THRESHOLD=off.
+    _prepare = os.environ.get("DATABASE_PREPARE_THRESHOLD", "5").strip().lower()
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "prepare_threshold", None if _prepare in {"", "off", "none"} else int(_prepare)
+    )
     if os.environ.get("DATABASE_TEST_NAME"):
         DATABASES["default"]["TEST"] = {"NAME": os.environ["DATABASE_TEST_NAME"]}
 

@@ -14,13 +14,17 @@ IMMEDIATE transaction, which serialises writers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import psycopg.errors
 from django.db import connection, transaction
 
@@ -112,6 +116,16 @@ def _conflicts_sql(*, staging: str, values_cte: str = "") -> str:
     """
 
 
+@functools.cache
+def _values_sql(n_rows: int) -> tuple[str, str]:
+    """The insert and conflicts statements over an n-row VALUES list (built once per n)."""
+    values_cte = _values_cte(n_rows)
+    return (
+        _insert_sql(staging="s", values_cte=values_cte),
+        _conflicts_sql(staging="s", values_cte=values_cte),
+    )
+
+
 def _values_cte(n_rows: int) -> str:
     rows = ", ".join(
         "(" + ", ".join(f"%(v{i}_{j})s::{t}" for j, t in enumerate(STAGING_TYPES)) + ")"
@@ -122,6 +136,13 @@ def _values_cte(n_rows: int) -> str:
 
 _COPY_INSERT_SQL = _insert_sql(staging="ingest_staging AS s")
 _COPY_CONFLICTS_SQL = _conflicts_sql(staging="ingest_staging AS s")
+_COPY_SQL = f"COPY ingest_staging ({_COLUMN_LIST}) FROM STDIN"
+# Tabs in a COPY line of the staging table: one between each two of its columns.
+_COPY_TABS = len(STAGING_COLUMNS) - 1
+
+# The psycopg connections whose temporary staging table exists (created in a committed
+# transaction), so the DDL is sent once per connection, not once per request.
+_staging_ready: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 @dataclass
@@ -137,6 +158,10 @@ class _Row:
     key: bytes
     content: bytes
     event: NormalizedEvent
+    # The event's timestamp.isoformat() and properties_json(), computed once for the
+    # content hash and the row.
+    timestamp: str
+    properties: str
 
 
 def _dedupe(
@@ -146,10 +171,12 @@ def _dedupe(
     first: dict[bytes, _Row] = {}
     for event in events:
         key = event.key_hash(source_id=source_id)
-        content = event.content_hash()
+        timestamp = event.timestamp.isoformat()
+        properties = event.properties_json()
+        content = event.content_hash_from(timestamp_iso=timestamp, properties_json=properties)
         seen = first.get(key)
         if seen is None:
-            first[key] = _Row(key, content, event)
+            first[key] = _Row(key, content, event, timestamp, properties)
             continue
         result.duplicates += 1
         if seen.content != content:
@@ -178,8 +205,58 @@ def _row_values(row: _Row) -> tuple[Any, ...]:
         e.reasoning_output_tokens,
         e.gpu_seconds,
         e.latency_ms,
-        e.properties_json(),
+        row.properties,
     )
+
+
+def _copy_escape(value: str) -> str:
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+def _copy_line(row: _Row, escape: Any = None) -> str:
+    """One staging row in COPY text format. Only the sender's strings can hold a
+    character COPY treats specially; numbers, hashes and timestamps never do."""
+    e = row.event
+    event_id, ce_source, ce_type, customer, model, provider, hardware, properties = (
+        e.event_id,
+        e.ce_source,
+        e.ce_type,
+        e.customer,
+        e.model,
+        e.provider,
+        e.hardware,
+        row.properties,
+    )
+    if escape is not None:
+        event_id, ce_source, ce_type, customer = map(
+            escape, (event_id, ce_source, ce_type, customer)
+        )
+        model, provider, hardware, properties = map(escape, (model, provider, hardware, properties))
+    latency = "\\N" if e.latency_ms is None else e.latency_ms
+    return (
+        f"{row.key.hex()}\t{row.content.hex()}\t{event_id}\t{ce_source}\t{ce_type}"
+        f"\t{customer}\t{row.timestamp}\t{model}\t{provider}\t{hardware}"
+        f"\t{e.input_tokens}\t{e.cache_read_input_tokens}\t{e.cache_write_input_tokens}"
+        f"\t{e.output_tokens}\t{e.reasoning_output_tokens}\t{e.gpu_seconds:f}\t{latency}"
+        f"\t{properties}\n"
+    )
+
+
+def _copy_text(rows: list[_Row]) -> bytes:
+    """The rows in COPY text format. Built without escaping, then checked as a whole:
+    if any sender string held a backslash, tab, newline or carriage return, the rows
+    are built again with each such string escaped."""
+    text = "".join([_copy_line(row) for row in rows])
+    if (
+        text.count("\t") != _COPY_TABS * len(rows)
+        or text.count("\n") != len(rows)
+        or "\\" in text
+        or "\r" in text
+    ):
+        text = "".join([_copy_line(row, _copy_escape) for row in rows])
+    return text.encode()
 
 
 def events_store(
@@ -206,6 +283,12 @@ def events_store(
                     raise
                 timestamps = [row.event.timestamp for row in rows]
                 event_partitions_ensure_range(start=min(timestamps), end=max(timestamps))
+            except psycopg.errors.UndefinedTable:
+                # The staging table this connection was known to have is gone (a
+                # DISCARD TEMP, a pooler handing out another session): make it again.
+                if attempt == 2:
+                    raise
+                _staging_ready.discard(connection.connection)
             except psycopg.errors.DeadlockDetected:
                 # Sorted keys make this rare (a batch deduplicated against a concurrent
                 # one still waits on its keys); the whole transaction rolled back, so a
@@ -218,6 +301,13 @@ def events_store(
     return result
 
 
+_RETRIED_ERRORS = (
+    psycopg.errors.CheckViolation,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.UndefinedTable,
+)
+
+
 def _unwrap_errors(func: Any) -> Any:
     """Django wraps driver errors; re-raise the psycopg cause so callers can tell
     a missing partition or a deadlock from other failures."""
@@ -227,7 +317,7 @@ def _unwrap_errors(func: Any) -> Any:
             return func(**kwargs)
         except Exception as exc:
             cause = exc.__cause__
-            if isinstance(cause, psycopg.errors.CheckViolation | psycopg.errors.DeadlockDetected):
+            if isinstance(cause, _RETRIED_ERRORS):
                 raise cause from exc
             raise
 
@@ -243,30 +333,45 @@ def _store_postgres(
     # Inside an outer transaction (a test, a management command) ON COMMIT DELETE ROWS
     # does not fire between calls, so the staging rows are cleared by hand.
     nested = connection.in_atomic_block
-    with transaction.atomic(), connection.cursor() as cursor:
-        if len(rows) < COPY_THRESHOLD:
-            values_cte = _values_cte(len(rows))
-            for i, row in enumerate(rows):
-                for j, value in enumerate(_row_values(row)):
-                    params[f"v{i}_{j}"] = value
-            cursor.execute(_insert_sql(staging="s", values_cte=values_cte), params)
-            batch_id, accepted = cursor.fetchone()
-            if accepted < len(rows):
-                cursor.execute(_conflicts_sql(staging="s", values_cte=values_cte), params)
-                conflicts.extend(r[0] for r in cursor.fetchall())
-        else:
-            cursor.execute(_STAGING_DDL)
-            raw = cursor.cursor  # the psycopg cursor, for COPY
-            with raw.copy(f"COPY ingest_staging ({_COLUMN_LIST}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(_row_values(row))
-            cursor.execute(_COPY_INSERT_SQL, params)
-            batch_id, accepted = cursor.fetchone()
-            if accepted < len(rows):
-                cursor.execute(_COPY_CONFLICTS_SQL)
-                conflicts.extend(r[0] for r in cursor.fetchall())
-            if nested:
-                cursor.execute("DELETE FROM ingest_staging")
+    if len(rows) < COPY_THRESHOLD:
+        insert_sql, conflicts_sql = _values_sql(len(rows))
+        for i, row in enumerate(rows):
+            for j, value in enumerate(_row_values(row)):
+                params[f"v{i}_{j}"] = value
+        # One statement. Outside a transaction it is a transaction of its own, committed
+        # before execute() returns, which saves the BEGIN and COMMIT round trips; inside
+        # one, a savepoint keeps a failure from spoiling the caller's transaction.
+        with transaction.atomic() if nested else nullcontext(), connection.wrap_database_errors:
+            connection.ensure_connection()
+            # Server-side binding with prepared statements: PostgreSQL parses and plans
+            # each statement once per connection, not once per request.
+            with psycopg.Cursor(connection.connection) as cursor:
+                cursor.execute(insert_sql, params, prepare=True)
+                batch_id, accepted = cursor.fetchone()
+                if accepted < len(rows):
+                    cursor.execute(conflicts_sql, params, prepare=True)
+                    conflicts.extend(r[0] for r in cursor.fetchall())
+    else:
+        copy_text = _copy_text(rows)
+        with transaction.atomic(), connection.wrap_database_errors:
+            connection.ensure_connection()
+            pg = connection.connection
+            with psycopg.Cursor(pg) as cursor:
+                staging_ready = pg in _staging_ready
+                if not staging_ready:
+                    cursor.execute(_STAGING_DDL)
+                with cursor.copy(_COPY_SQL) as copy:
+                    copy.write(copy_text)
+                cursor.execute(_COPY_INSERT_SQL, params, prepare=True)
+                batch_id, accepted = cursor.fetchone()
+                if accepted < len(rows):
+                    cursor.execute(_COPY_CONFLICTS_SQL, prepare=True)
+                    conflicts.extend(r[0] for r in cursor.fetchall())
+                if nested:
+                    cursor.execute("DELETE FROM ingest_staging")
+        if not nested and not staging_ready:
+            # Committed: the table now outlives this transaction on this connection.
+            _staging_ready.add(pg)
     result.conflicts.extend(conflicts)
     result.accepted += accepted
     result.duplicates += len(rows) - accepted
