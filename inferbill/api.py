@@ -9,12 +9,11 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 RETRY_AFTER_SECONDS = 5
+DATABASE_UNAVAILABLE = {"detail": "The database is unavailable; nothing was stored. Retry later."}
 
 
 def database_unavailable() -> Response:
-    response = Response(
-        {"detail": "The database is unavailable; nothing was stored. Retry later."}, status=503
-    )
+    response = Response(DATABASE_UNAVAILABLE, status=503)
     response["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
 

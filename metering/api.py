@@ -7,15 +7,23 @@ from typing import Any, ClassVar
 
 import msgspec
 from django.conf import settings
-from django.http import HttpResponse
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from inferbill.api import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS
 from metering import schema
-from metering.auth import scope_required
+from metering.auth import (
+    MISSING_AUTHORIZATION,
+    WWW_AUTHENTICATE,
+    authenticate_header,
+    scope_missing,
+    scope_required,
+)
 from metering.models import SCOPE_INGEST, SCOPE_READ
 from metering.selectors import current_month, customer_usage
 from metering.services import IngestError, events_ingest
@@ -56,8 +64,67 @@ _ERRORS = {
 }
 
 
+def events_post(request: HttpRequest) -> HttpResponse:
+    """POST /v1/events, outside DRF: the ingest hot path.
+
+    DRF's request wrapping, content negotiation and authentication/permission classes
+    cost more per request than storing a single event does, so the served POST goes
+    straight here from EventsView.dispatch. It answers exactly what the DRF path
+    answered: the same key check (one indexed query, so revocation takes effect on
+    the next request), 401 with WWW-Authenticate, 403, 415, 413, 400, 202 and 503."""
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    try:
+        principal = authenticate_header(header) if header else MISSING_AUTHORIZATION
+        if isinstance(principal, str):
+            response = _error(401, principal)
+            response["WWW-Authenticate"] = WWW_AUTHENTICATE
+            return response
+        if SCOPE_INGEST not in principal.scopes:
+            return _error(403, scope_missing(SCOPE_INGEST))
+        return _events_ingest(request, source_id=principal.source_id)
+    except (OperationalError, InterfaceError):
+        response = _json(DATABASE_UNAVAILABLE, 503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+
+def _events_ingest(request: HttpRequest, *, source_id: int) -> HttpResponse:
+    media_type = (request.content_type or "").split(";")[0].strip().lower()
+    if media_type not in CONTENT_TYPES:
+        return _error(
+            415,
+            f"Content-Type must be one of {', '.join(CONTENT_TYPES)}; got "
+            f"'{media_type or 'none'}'.",
+        )
+    max_bytes: int = settings.INFERBILL_MAX_BODY_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > max_bytes:
+        return _error(413, f"Body too large: the limit is {max_bytes} bytes (5 MiB).")
+    body = request.body
+    if len(body) > max_bytes:
+        return _error(413, f"Body too large: the limit is {max_bytes} bytes (5 MiB).")
+    try:
+        outcome = events_ingest(
+            source_id=source_id, body=body, cloudevents=CONTENT_TYPES[media_type]
+        )
+    except IngestError as exc:
+        return _error(exc.status, exc.message)
+    return _json(outcome.body(), outcome.status)
+
+
 class EventsView(APIView):
+    """POST /v1/events. The DRF class carries the OpenAPI description (drf-spectacular
+    reads `post` below); serving a POST skips DRF for `events_post`."""
+
     permission_classes: ClassVar = [scope_required(SCOPE_INGEST)]
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.method == "POST":
+            return events_post(request)
+        return super().dispatch(request, *args, **kwargs)
 
     @extend_schema(
         operation_id="events_ingest",
@@ -95,30 +162,8 @@ class EventsView(APIView):
         ],
     )
     def post(self, request: Request) -> HttpResponse:
-        media_type = (request.content_type or "").split(";")[0].strip().lower()
-        if media_type not in CONTENT_TYPES:
-            return _error(
-                415,
-                f"Content-Type must be one of {', '.join(CONTENT_TYPES)}; got "
-                f"'{media_type or 'none'}'.",
-            )
-        max_bytes: int = settings.INFERBILL_MAX_BODY_BYTES
-        try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            declared = 0
-        if declared > max_bytes:
-            return _error(413, f"Body too large: the limit is {max_bytes} bytes (5 MiB).")
-        body = request._request.body
-        if len(body) > max_bytes:
-            return _error(413, f"Body too large: the limit is {max_bytes} bytes (5 MiB).")
-        try:
-            outcome = events_ingest(
-                source_id=request.user.source_id, body=body, cloudevents=CONTENT_TYPES[media_type]
-            )
-        except IngestError as exc:
-            return _error(exc.status, exc.message)
-        return _json(outcome.body(), outcome.status)
+        # Served by events_post through dispatch; here for the schema.
+        return events_post(request._request)
 
 
 def _parse_time(value: str | None, *, name: str) -> datetime | None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
+import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import Q
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -35,59 +39,123 @@ class ApiPrincipal:
 def api_key_resolve(raw_key: str) -> ApiKey | None:
     """The active key for a raw key string, or None. Revocation is read from the
     database on every call, so it takes effect on the next request."""
+    principal = api_principal_resolve(raw_key)
+    if principal is None:
+        return None
+    return ApiKey.objects.get(pk=principal.key_id)
+
+
+_KEY_SQL = (
+    "SELECT id, source_id, secret_hash, scopes, revoked_at, last_used_at "
+    "FROM metering_apikey WHERE prefix = %s"
+)
+
+
+def _key_row(prefix: str) -> tuple[Any, ...] | None:
+    """The key's row: one indexed query, a prepared statement on PostgreSQL."""
+    if connection.vendor != "postgresql":
+        row = (
+            ApiKey.objects.filter(prefix=prefix)
+            .values_list("id", "source_id", "secret_hash", "scopes", "revoked_at", "last_used_at")
+            .first()
+        )
+        return row
+    for attempt in (0, 1):
+        try:
+            with connection.wrap_database_errors:
+                connection.ensure_connection()
+                with psycopg.Cursor(connection.connection) as cursor:
+                    cursor.execute(_KEY_SQL, (prefix,), prepare=True)
+                    row = cursor.fetchone()
+            # The connection just answered: that is this request's health check, so
+            # Django need not send its own SELECT 1 when a transaction starts.
+            connection.health_check_done = True
+            return row
+        except (OperationalError, InterfaceError):
+            # A connection kept from an earlier request can have died with the server.
+            # Instead of Django's health check (a query of its own on every request),
+            # this first query of the request gets one retry on a fresh connection.
+            if attempt or connection.in_atomic_block:
+                raise
+            connection.close()
+    return None  # pragma: no cover - the loop returns or raises
+
+
+def api_principal_resolve(raw_key: str) -> ApiPrincipal | None:
+    """The caller behind a raw key string, or None for an unknown, wrong or revoked
+    key. Read from the database on every call, so a revocation takes effect on the
+    next request."""
     parts = ApiKey.split(raw_key)
     if parts is None:
         return None
     prefix, secret = parts
-    key = (
-        ApiKey.objects.filter(prefix=prefix)
-        .only("id", "source_id", "secret_hash", "scopes", "revoked_at", "last_used_at")
-        .first()
-    )
-    if key is None or not key.secret_matches(secret) or not key.is_active:
+    row = _key_row(prefix)
+    if row is None:
         return None
+    key_id, source_id, secret_hash, scopes, revoked_at, last_used_at = row
+    if revoked_at is not None or not hmac.compare_digest(secret_hash, ApiKey.hash_secret(secret)):
+        return None
+    _last_used_stamp(key_id, last_used_at)
+    # jsonb arrives as text: Django's connection leaves JSON decoding to its fields.
+    scopes = json.loads(scopes) if isinstance(scopes, str) else scopes
+    return ApiPrincipal(key_id=key_id, source_id=source_id, scopes=frozenset(scopes))
+
+
+def _last_used_stamp(key_id: int, last_used_at: datetime | None) -> None:
     now = timezone.now()
     stale_before = now - timedelta(seconds=ApiKey.LAST_USED_RESOLUTION_SECONDS)
-    if key.last_used_at is None or key.last_used_at < stale_before:
+    if last_used_at is None or last_used_at < stale_before:
         # Conditional, so of many concurrent requests on a stale key only one writes.
         ApiKey.objects.filter(
-            Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before), pk=key.pk
+            Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before), pk=key_id
         ).update(last_used_at=now)
-    return key
+
+
+MALFORMED_AUTHORIZATION = "Authorization must be 'Bearer <api key>'."
+UNKNOWN_KEY = "Unknown or revoked API key."
+MISSING_AUTHORIZATION = "Authorization: Bearer <api key> is required."
+WWW_AUTHENTICATE = 'Bearer realm="inferbill"'
+
+
+def authenticate_header(header: str) -> ApiPrincipal | str:
+    """The principal for an Authorization header, or why it is refused (a 401)."""
+    scheme, _, raw_key = header.partition(" ")
+    raw_key = raw_key.strip()
+    if scheme.lower() != "bearer" or not raw_key:
+        return MALFORMED_AUTHORIZATION
+    return api_principal_resolve(raw_key) or UNKNOWN_KEY
+
+
+def scope_missing(scope: str) -> str:
+    return f"This API key lacks the '{scope}' scope."
 
 
 class ApiKeyAuthentication(BaseAuthentication):
     keyword = "Bearer"
 
-    def authenticate(self, request: Request) -> tuple[ApiPrincipal, ApiKey] | None:
+    def authenticate(self, request: Request) -> tuple[ApiPrincipal, None] | None:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
-        scheme, _, raw_key = header.partition(" ")
-        if scheme.lower() != "bearer" or not raw_key.strip():
-            raise exceptions.AuthenticationFailed("Authorization must be 'Bearer <api key>'.")
-        key = api_key_resolve(raw_key.strip())
-        if key is None:
-            raise exceptions.AuthenticationFailed("Unknown or revoked API key.")
-        principal = ApiPrincipal(
-            key_id=key.id, source_id=key.source_id, scopes=frozenset(key.scopes)
-        )
-        return principal, key
+        principal = authenticate_header(header)
+        if isinstance(principal, str):
+            raise exceptions.AuthenticationFailed(principal)
+        return principal, None
 
     def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="inferbill"'
+        return WWW_AUTHENTICATE
 
 
 def scope_required(scope: str) -> type[BasePermission]:
     """A permission class that admits keys carrying `scope`."""
 
     class HasScope(BasePermission):
-        message = f"This API key lacks the '{scope}' scope."
+        message = scope_missing(scope)
 
         def has_permission(self, request: Request, view: APIView) -> bool:
             principal = request.user
             if not isinstance(principal, ApiPrincipal):
-                raise exceptions.NotAuthenticated("Authorization: Bearer <api key> is required.")
+                raise exceptions.NotAuthenticated(MISSING_AUTHORIZATION)
             return scope in principal.scopes
 
     HasScope.__name__ = f"Has{scope.title()}Scope"
