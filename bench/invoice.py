@@ -329,15 +329,20 @@ def loaded_shape() -> Any:
     return json.loads(rows[0][0]) if rows else None
 
 
-def reset_processing() -> None:
-    """Back to 'events stored, nothing folded, nothing invoiced'."""
+def reset_processing(*, keep_rollups: bool) -> None:
+    """Back to 'events stored, nothing folded, nothing invoiced' (or, keeping rollups,
+    to 'everything folded, nothing invoiced')."""
     execute(
-        "TRUNCATE metering_usagerollup, billing_invoiceline, billing_invoice, "
-        "billing_invoicenumbersequence RESTART IDENTITY CASCADE"
+        "TRUNCATE billing_invoiceline, billing_invoice, billing_invoicenumbersequence "
+        "RESTART IDENTITY CASCADE"
     )
-    execute("UPDATE metering_ingestbatch SET folded_at = NULL")
+    if not keep_rollups:
+        execute("TRUNCATE metering_usagerollup RESTART IDENTITY")
+        execute("UPDATE metering_ingestbatch SET folded_at = NULL")
     execute("VACUUM (ANALYZE) metering_ingestbatch")
     execute("VACUUM (ANALYZE) metering_usagerollup")
+    execute("VACUUM (ANALYZE) billing_invoice")
+    execute("VACUUM (ANALYZE) billing_invoiceline")
     execute("CHECKPOINT")
 
 
@@ -531,9 +536,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000, help="events per ingest batch")
     parser.add_argument("--worker-processes", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=2, help="prefork children each")
+    parser.add_argument(
+        "--chunk-size", type=int, help="subscriptions per invoice task (default: billing's)"
+    )
     parser.add_argument("--reuse", action="store_true", help="keep events of the same shape")
     parser.add_argument("--load-only", action="store_true", help="load the data and stop")
     parser.add_argument("--rollup-only", action="store_true", help="stop after the rollup")
+    parser.add_argument(
+        "--invoices-only",
+        action="store_true",
+        help="with --reuse: keep the rollups of the last run, time the invoices alone",
+    )
     args = parser.parse_args()
 
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
@@ -560,6 +573,9 @@ def main() -> None:
     from billing.models import Invoice
     from metering.tasks import usage_rollup_task
 
+    if args.chunk_size:
+        billing_tasks.CHUNK_SIZE = args.chunk_size  # the dispatch runs in this process
+
     today = datetime.now(UTC).date()
     period = month_start(today, 1)
     start, end = at(period), at(month_start(today))
@@ -573,7 +589,10 @@ def main() -> None:
             customers=args.customers, events=args.events, batch_size=args.batch_size, period=period
         )
         log(f"loaded in {time.monotonic() - began:.0f} s")
-    reset_processing()
+    keep_rollups = args.invoices_only and not scalar(
+        "SELECT EXISTS (SELECT 1 FROM metering_ingestbatch WHERE folded_at IS NULL)"
+    )
+    reset_processing(keep_rollups=keep_rollups)
     if args.load_only:
         return
     batches = scalar("SELECT count(*) FROM metering_ingestbatch")
@@ -589,8 +608,9 @@ def main() -> None:
             f"{args.worker_processes}×{args.concurrency} workers"
         )
         began = time.monotonic()
-        for _ in range(args.worker_processes * args.concurrency):
-            usage_rollup_task.delay()
+        if not keep_rollups:
+            for _ in range(args.worker_processes * args.concurrency):
+                usage_rollup_task.delay()
         wait_until(
             lambda: not scalar(
                 "SELECT EXISTS (SELECT 1 FROM metering_ingestbatch WHERE folded_at IS NULL)"
@@ -599,15 +619,16 @@ def main() -> None:
             workers=workers,
             timeout=900,
         )
-        rollup_seconds = time.monotonic() - began
+        rollup_seconds = 0.0 if keep_rollups else time.monotonic() - began
         rollup_rows = scalar("SELECT count(*) FROM metering_usagerollup")
         log(f"  {rollup_seconds:.2f} s, {rollup_rows:,} hourly rollup rows")
         if args.rollup_only:
             print(json.dumps({"rollup_seconds": round(rollup_seconds, 2)}))
             return
-        # What autovacuum does after a big change, so plans see folded batches as folded.
-        execute("ANALYZE metering_ingestbatch")
-        execute("ANALYZE metering_usagerollup")
+        # What autovacuum does after a big change (untimed): statistics that know the
+        # batches are folded, and hint bits set on the new rollup rows.
+        execute("VACUUM (ANALYZE) metering_ingestbatch")
+        execute("VACUUM (ANALYZE) metering_usagerollup")
 
         as_of = max(datetime.now(UTC), end + timedelta(days=2))
         log(f"invoices: {subscriptions:,} subscriptions, as of {as_of:%Y-%m-%d %H:%M}")
@@ -641,7 +662,7 @@ def main() -> None:
     result = {
         "customers": args.customers,
         "events": args.events,
-        "rollup_seconds": round(rollup_seconds, 2),
+        "rollup_seconds": round(rollup_seconds, 2) if not keep_rollups else None,
         "invoice_seconds": round(invoice_seconds, 2),
         "invoices_per_s": round(invoices / invoice_seconds, 1),
         "reconciled": reconciled,
