@@ -27,6 +27,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def celery_eager() -> Iterator[None]:
+    """Tasks run in-process in tests, even where CELERY_BROKER_URL is set (as in CI) and
+    settings say otherwise. Tests of a real worker and broker send through an app of their
+    own (see tests/billing/test_exactly_once_celery.py)."""
+    from inferbill.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.update(CELERY_TASK_ALWAYS_EAGER=True)
+    yield
+    app.conf.update(CELERY_TASK_ALWAYS_EAGER=before)
+
+
 @pytest.fixture
 def make_key(db: None) -> Callable[..., str]:
     """Create an API key and return the raw key string."""
