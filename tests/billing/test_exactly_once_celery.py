@@ -103,6 +103,7 @@ class Broker:
     def purge(self) -> None:
         for key in list(self.client.scan_iter(match=f"{self.queue}*")):
             self.client.delete(key)
+        self.client.delete(f"_kombu.binding.{self.queue}")
         for tag, raw in self.client.hgetall("unacked").items():
             with suppress(ValueError, TypeError, IndexError):
                 if json.loads(raw)[2] == self.queue:
