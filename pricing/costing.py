@@ -26,7 +26,7 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Context, Decimal, localcontext
+from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from typing import Any
 
 from pricing.models import CostRate
@@ -272,16 +272,34 @@ class UsageCost:
     def breakdown(self, *, places: Decimal) -> dict[str, Any]:
         """JSON-ready: models and hardware by cost, dearest first."""
 
-        def render(values: dict[str, Any]) -> dict[str, Any]:
-            return {
-                k: format(v.quantize(places), "f") if isinstance(v, Decimal) else v
-                for k, v in values.items()
-            }
+        def amount(value: Decimal) -> str:
+            return format(value.quantize(places, rounding=ROUND_HALF_UP), "f")
 
         models = sorted(self.by_model.items(), key=lambda kv: (-kv[1]["cost"], kv[0]))
         hardware = sorted(self.by_hardware.items(), key=lambda kv: (-kv[1]["cost"], kv[0]))
         return {
-            "models": [{"model": name, **render(values)} for name, values in models],
-            "hardware": [{"hardware": name, **render(values)} for name, values in hardware],
+            "models": [
+                {
+                    "model": name,
+                    "cost": amount(v["cost"]),
+                    "requests": v["requests"],
+                    "input_tokens": v["input_tokens"],
+                    "cache_read_input_tokens": v["cache_read_input_tokens"],
+                    "output_tokens": v["output_tokens"],
+                    "gpu_seconds": format(v["gpu_seconds"], "f"),
+                    "uncosted_requests": v["uncosted_requests"],
+                }
+                for name, v in models
+            ],
+            "hardware": [
+                {
+                    "hardware": name,
+                    "cost": amount(v["cost"]),
+                    "gpu_cost": amount(v["gpu_cost"]),
+                    "requests": v["requests"],
+                    "gpu_seconds": format(v["gpu_seconds"], "f"),
+                }
+                for name, v in hardware
+            ],
             "uncosted_models": sorted(self.uncosted_models),
         }
