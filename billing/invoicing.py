@@ -25,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -265,43 +265,126 @@ def invoice_compute(
     return lines
 
 
-def _adjustment_lines(*, invoice: Invoice) -> list[LineDraft]:
-    """Late usage of the customer's earlier finalized invoices, not yet billed."""
-    if invoice.service_end != invoice.period_end:
-        return []  # adjustments ride on the invoice that covers the end of the period
-    earliest = invoice.period_start - timedelta(days=31 * ADJUSTMENT_LOOKBACK_PERIODS)
-    earlier = (
+@dataclass
+class _BilledLine:
+    invoice_id: int
+    adjusts_invoice_id: int | None
+    kind: str
+    charge_id: int | None
+    quantity: Decimal
+    amount: Decimal
+
+
+@dataclass
+class _History:
+    """What the adjustment lines of many open invoices of one period need, read in a few
+    statements instead of several per invoice: each customer's earlier billed invoices,
+    their usage now, and the billed lines that billed them."""
+
+    earlier: dict[int, list[Invoice]]  # by customer id, oldest first
+    usage: dict[tuple[date, date], dict[str, list[UsageRow]]]  # by service range, customer
+    lines: dict[int, list[_BilledLine]]  # by the earlier invoice they are on or adjust
+
+    @classmethod
+    def read(cls, *, customer_ids: Sequence[int], period_start: date) -> _History:
+        earlier: dict[int, list[Invoice]] = {}
+        for old in _earlier_invoices(
+            customer_ids=customer_ids, before=period_start
+        ).prefetch_related("subscription__plan__charges"):
+            earlier.setdefault(old.customer_id, []).append(old)
+        olds = [old for invoices in earlier.values() for old in invoices]
+        ranges: dict[tuple[date, date], list[str]] = {}
+        for old in olds:
+            ranges.setdefault((old.service_start, old.service_end), []).append(
+                old.customer.external_id
+            )
+        usage = {
+            (start, end): usage_by_customer(
+                customers=sorted(set(customers)), start=day_start(start), end=day_start(end)
+            )
+            for (start, end), customers in ranges.items()
+        }
+        # Lines of the earlier invoices, and lines of billed invoices that adjust them (an
+        # open invoice's own lines are never among them).
+        lines: dict[int, list[_BilledLine]] = {}
+        rows = InvoiceLine.objects.filter(
+            Q(invoice__in=olds) | Q(adjusts_invoice__in=olds, invoice__status__in=BILLED_STATUSES)
+        ).values_list("invoice_id", "adjusts_invoice_id", "kind", "charge_id", "quantity", "amount")
+        for row in rows:
+            line = _BilledLine(*row)
+            for old_id in {line.invoice_id, line.adjusts_invoice_id} - {None}:
+                lines.setdefault(old_id, []).append(line)
+        return cls(earlier=earlier, usage=usage, lines=lines)
+
+    def billing(self, old: Invoice) -> list[_BilledLine]:
+        return self.lines.get(old.id, [])
+
+
+def _earlier_invoices(*, customer_ids: Sequence[int], before: date) -> QuerySet[Invoice]:
+    """Billed invoices of these customers in the adjustment look-back before `before`."""
+    earliest = before - timedelta(days=31 * ADJUSTMENT_LOOKBACK_PERIODS)
+    return (
         Invoice.objects.filter(
-            customer_id=invoice.customer_id,
+            customer_id__in=customer_ids,
             status__in=BILLED_STATUSES,
-            period_start__lt=invoice.period_start,
+            period_start__lt=before,
             period_start__gte=earliest,
         )
         .select_related("subscription__plan", "customer")
         .order_by("period_start", "id")
     )
+
+
+def _adjustment_lines(*, invoice: Invoice, history: _History | None = None) -> list[LineDraft]:
+    """Late usage of the customer's earlier finalized invoices, not yet billed. `history`:
+    the same data, read beforehand for many invoices at once."""
+    if invoice.service_end != invoice.period_end:
+        return []  # adjustments ride on the invoice that covers the end of the period
+    if history is not None:
+        earlier = history.earlier.get(invoice.customer_id, [])
+    else:
+        earlier = list(
+            _earlier_invoices(customer_ids=[invoice.customer_id], before=invoice.period_start)
+        )
     lines: list[LineDraft] = []
     for old in earlier:
         charges = list(old.subscription.plan.charges.all())
         if not charges:
             continue
         period = BillingPeriod(old.period_start, old.period_end, old.service_start, old.service_end)
+        customer = old.customer.external_id
         now_quantities = _charge_usage(
-            customer=old.customer.external_id,
+            customer=customer,
             charges=charges,
             start=day_start(old.service_start),
             end=day_start(old.service_end),
-            rows=None,
+            rows=(
+                None
+                if history is None
+                else history.usage[(old.service_start, old.service_end)].get(customer, [])
+            ),
         )
         billed: dict[int, Decimal] = {c.id: Decimal(0) for c in charges}
-        billed_lines = InvoiceLine.objects.filter(
-            Q(invoice=old, kind=InvoiceLine.Kind.USAGE)
-            | Q(
-                adjusts_invoice=old,
-                invoice__status__in=BILLED_STATUSES,
+        if history is not None:
+            billed_lines = [
+                (line.charge_id, line.quantity)
+                for line in history.billing(old)
+                if (line.invoice_id == old.id and line.kind == InvoiceLine.Kind.USAGE)
+                or line.adjusts_invoice_id == old.id
+            ]
+        else:
+            billed_lines = list(
+                InvoiceLine.objects.filter(
+                    Q(invoice=old, kind=InvoiceLine.Kind.USAGE)
+                    | Q(
+                        adjusts_invoice=old,
+                        invoice__status__in=BILLED_STATUSES,
+                    )
+                )
+                .exclude(invoice=invoice)
+                .values_list("charge_id", "quantity")
             )
-        ).exclude(invoice=invoice)
-        for charge_id, quantity in billed_lines.values_list("charge_id", "quantity"):
+        for charge_id, quantity in billed_lines:
             if charge_id in billed:
                 billed[charge_id] += quantity
         for charge in charges:
@@ -329,12 +412,19 @@ def _adjustment_lines(*, invoice: Invoice) -> list[LineDraft]:
                     adjusts_invoice=old,
                 )
             )
-        lines += _minimum_adjustment(old=old, period=period, invoice=invoice, new=lines)
+        lines += _minimum_adjustment(
+            old=old, period=period, invoice=invoice, new=lines, history=history
+        )
     return lines
 
 
 def _minimum_adjustment(
-    *, old: Invoice, period: BillingPeriod, invoice: Invoice, new: list[LineDraft]
+    *,
+    old: Invoice,
+    period: BillingPeriod,
+    invoice: Invoice,
+    new: list[LineDraft],
+    history: _History | None = None,
 ) -> list[LineDraft]:
     """Late usage of a period with a minimum commitment first shrinks its true-up: the
     period is billed max(usage, minimum) in all, never usage on top of the true-up."""
@@ -350,17 +440,33 @@ def _minimum_adjustment(
         ),
         currency=currency,
     )
-    billed = InvoiceLine.objects.filter(
-        Q(
-            invoice=old,
-            adjusts_invoice__isnull=True,
-            kind__in=(InvoiceLine.Kind.USAGE, InvoiceLine.Kind.MINIMUM),
+    if history is not None:
+        billed = [
+            (line.kind, line.charge_id, line.amount)
+            for line in history.billing(old)
+            if (
+                line.invoice_id == old.id
+                and line.adjusts_invoice_id is None
+                and line.kind in (InvoiceLine.Kind.USAGE, InvoiceLine.Kind.MINIMUM)
+            )
+            or line.adjusts_invoice_id == old.id
+        ]
+    else:
+        billed = list(
+            InvoiceLine.objects.filter(
+                Q(
+                    invoice=old,
+                    adjusts_invoice__isnull=True,
+                    kind__in=(InvoiceLine.Kind.USAGE, InvoiceLine.Kind.MINIMUM),
+                )
+                | Q(adjusts_invoice=old, invoice__status__in=BILLED_STATUSES)
+            )
+            .exclude(invoice=invoice)
+            .values_list("kind", "charge_id", "amount")
         )
-        | Q(adjusts_invoice=old, invoice__status__in=BILLED_STATUSES)
-    ).exclude(invoice=invoice)
     usage = Decimal(0)
     true_up = Decimal(0)
-    for kind, charge_id, amount in billed.values_list("kind", "charge_id", "amount"):
+    for kind, charge_id, amount in billed:
         # Usage lines and charge adjustments are usage; the rest is true-up.
         if kind == InvoiceLine.Kind.USAGE or charge_id is not None:
             usage += amount
@@ -693,8 +799,9 @@ def _generate_together(
             .order_by("subscription_id")
             if invoice.is_open
         ]
-        with_history = _customers_with_billed_invoices(
-            customer_ids=[i.customer_id for i in invoices], before=period_start
+        history = _History.read(
+            customer_ids=[i.customer_id for i in invoices if i.service_end == i.period_end],
+            period_start=period_start,
         )
         now = timezone.now()
         lines: list[InvoiceLine] = []
@@ -709,8 +816,8 @@ def _generate_together(
                 period=period,
                 rows=usage[subscription.customer.external_id],
             )
-            if invoice.customer_id in with_history:
-                drafts += _adjustment_lines(invoice=invoice)
+            if invoice.customer_id in history.earlier:
+                drafts += _adjustment_lines(invoice=invoice, history=history)
             rows, invoice.total = _line_rows(invoice, drafts)
             invoice.computed_at = now
             lines += rows
@@ -795,17 +902,3 @@ def _invoices_update(invoices: list[Invoice]) -> None:
     columns += [[getattr(i, f) for i in invoices] for f in _INVOICE_FIELDS]
     with connection.cursor() as cursor:
         cursor.execute(_INVOICES_UPDATE_SQL, columns)
-
-
-def _customers_with_billed_invoices(*, customer_ids: Sequence[int], before: date) -> set[int]:
-    """Customers with a billed invoice in the adjustment look-back before `before`: only
-    their invoices can carry adjustment lines."""
-    earliest = before - timedelta(days=31 * ADJUSTMENT_LOOKBACK_PERIODS)
-    return set(
-        Invoice.objects.filter(
-            customer_id__in=customer_ids,
-            status__in=BILLED_STATUSES,
-            period_start__lt=before,
-            period_start__gte=earliest,
-        ).values_list("customer_id", flat=True)
-    )
