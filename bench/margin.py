@@ -4,7 +4,8 @@
 
 Uses DATABASE_URL when set (default postgres://postgres@127.0.0.1:5432/inferbill_bench_margin,
 a database of its own, created and migrated if missing). Untimed set-up, generated inside
-PostgreSQL and kept between runs with the same parameters (--regenerate to redo it):
+PostgreSQL and kept between runs with the same parameters (it resumes after the last
+stage that finished; --regenerate redoes it):
 
 - N customers on three plans: 40% a flat $20 "unlimited" plan, 40% usage pricing per
   million tokens, 20% a $49 hybrid with 5M included tokens; 1% move from flat to usage
@@ -14,14 +15,17 @@ PostgreSQL and kept between runs with the same parameters (--regenerate to redo 
 - the events of the month (the current one by default, up to an hour ago): straight
   into the metering_event partition with generate_series, 1,000 per ingest batch, a
   few customers heavy and a long tail, 2% on a model with no rate (uncosted); then
-  `usage_rollup_fold()` folds them; then a small tail of unfolded batches in the
-  last hour, which reads take from raw events.
+  `usage_rollup_fold()` folds them (in one round: the fastest set-up); then a small
+  tail of unfolded batches in the last hour, which reads take from raw events.
 
 Timed: `pricing.services.margins_refresh` for the month, all customers: cost from
 rollups plus the tail (split at the rate change and the plan changes), accrued and
 projected revenue with the billing engine, snapshot upserts, flag transitions and the
 finance digest email (locmem backend). Run twice: the first run raises the flags, the
-second is the steady hourly state. The last line is one JSON object.
+second is the steady hourly state. Checked: Σ requests over the snapshots equals the
+period's stored events. The last line is one JSON object (customers, events,
+refresh_seconds, flagged, and more); the 1-minute load average before the run is in it,
+since other work on the machine shows in the figure.
 """
 
 from __future__ import annotations
@@ -310,8 +314,9 @@ def main() -> None:
     from django.core import mail
     from django.core.management import call_command
     from django.db import connection
+    from django.db.models import Sum
 
-    from pricing.models import MarginFlag
+    from pricing.models import MarginFlag, MarginSnapshot
     from pricing.services import margins_refresh
 
     call_command("migrate", verbosity=0, interactive=False)
@@ -358,11 +363,22 @@ def main() -> None:
         f"{month:%Y-%m} as of {as_of.isoformat()} on {os.cpu_count()} cores",
         flush=True,
     )
+    load_before = os.getloadavg()[0]
+    cpu_before = time.process_time()
     first = margins_refresh(period=month, as_of=as_of)
+    cpu_first = time.process_time() - cpu_before
     print(f"first refresh:  {first.seconds:.2f} s, {first.as_dict()}", flush=True)
     second = margins_refresh(period=month, as_of=as_of + timedelta(seconds=1))
     print(f"second refresh: {second.seconds:.2f} s, {second.as_dict()}", flush=True)
     flagged = MarginFlag.objects.filter(period=month, cleared_at__isnull=True).count()
+    # Every stored event of the period counted once: Σ requests in the snapshots.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            'SELECT count(*) FROM metering_event WHERE "timestamp" >= %s AND "timestamp" < %s',
+            [datetime(month.year, month.month, 1, tzinfo=UTC), as_of],
+        )
+        in_period = cursor.fetchone()[0]
+    counted = MarginSnapshot.objects.filter(period=month).aggregate(n=Sum("requests"))["n"]
     flat_flagged = MarginFlag.objects.filter(
         period=month, cleared_at__isnull=True, is_flat=True
     ).count()
@@ -378,6 +394,9 @@ def main() -> None:
                 "rollup_rows": rollups,
                 "unfolded_tail_events": tail,
                 "flat_flagged": flat_flagged,
+                "requests_reconciled": counted == in_period,
+                "refresh_python_cpu_seconds": round(cpu_first, 2),
+                "load_average_1m_before": round(load_before, 2),
             }
         )
     )
