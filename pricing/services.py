@@ -17,7 +17,6 @@ Guarantees:
 from __future__ import annotations
 
 import json
-import logging
 import time as time_module
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,8 +48,6 @@ from pricing.margins import (
     plan_revenue,
 )
 from pricing.models import MILLION, CostRate, MarginFlag, MarginSnapshot, ReferencePlan
-
-logger = logging.getLogger(__name__)
 
 # A first rate imported from a catalog costs everything before it too.
 RATES_BEGIN = datetime(2000, 1, 1, tzinfo=UTC)
