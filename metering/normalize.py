@@ -91,14 +91,13 @@ class Limits:
     received_at: datetime
     max_age: timedelta
     max_future: timedelta
+    # Computed once: every event of a request is checked against them.
+    earliest: datetime = field(init=False)
+    latest: datetime = field(init=False)
 
-    @property
-    def earliest(self) -> datetime:
-        return self.received_at - self.max_age
-
-    @property
-    def latest(self) -> datetime:
-        return self.received_at + self.max_future
+    def __post_init__(self) -> None:
+        self.earliest = self.received_at - self.max_age
+        self.latest = self.received_at + self.max_future
 
 
 @dataclass(slots=True)
@@ -747,11 +746,10 @@ def _native_clean(item: NativeFields, limits: Limits) -> NormalizedEvent | None:
         else _gpu_seconds(gpu_seconds, name="gpu_seconds", errors=errors)
     )
     properties = item.properties
-    properties = (
-        {}
-        if properties is UNSET or properties is None
-        else _properties(properties, name="properties", errors=errors)
-    )
+    if properties is UNSET or properties is None:
+        properties = {}
+    elif not _plain_properties(properties):
+        properties = _properties(properties, name="properties", errors=errors)
     timestamp = item.timestamp
     if timestamp is UNSET or timestamp is None:
         timestamp, given = limits.received_at, False
@@ -790,6 +788,23 @@ def _native_clean(item: NativeFields, limits: Limits) -> NormalizedEvent | None:
 
 
 _ZERO = Decimal(0)
+
+
+def _plain_properties(value: Any) -> bool:
+    """Whether `_properties` would accept `value` as it is, for the common case of
+    string and boolean values only; False means: ask `_properties`."""
+    if type(value) is not dict or len(value) > MAX_PROPERTIES:
+        return False
+    for key, item in value.items():
+        if not 0 < len(key) <= MAX_PROPERTY_KEY_LENGTH or "\x00" in key:
+            return False
+        kind = type(item)
+        if kind is str:
+            if len(item) > MAX_PROPERTY_VALUE_LENGTH or "\x00" in item:
+                return False
+        elif kind is not bool:
+            return False
+    return True
 
 
 def raw_event_id(raw: Any, *, cloudevents: bool) -> str | None:

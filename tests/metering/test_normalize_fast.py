@@ -103,6 +103,30 @@ properties = st.one_of(
         max_size=4,
     ),
     st.sampled_from([[], "x", 3]),
+    # One value at an edge beside ordinary ones.
+    st.sampled_from(
+        [
+            {"team": "a\x00"},
+            {"a\x00": "x"},
+            {"k" * 64: "x"},
+            {"k" * 65: "x"},
+            {"v": "v" * 256},
+            {"v": "v" * 257},
+            {"n": 10**39},
+            {"n": 10**40},
+            {"n": Decimal("1e39")},
+            {"n": Decimal("1e40")},
+            {"n": Decimal("1e-40")},
+            {"n": Decimal("1e-41")},
+            {"n": Decimal("1.5")},
+            {"b": False},
+            {"l": [1]},
+            {"o": {}},
+            {"z": None},
+            {f"k{i}": "v" for i in range(32)},
+            {f"k{i}": "v" for i in range(33)},
+        ]
+    ).map(lambda edge: {"region": "eu", **edge, "stream": True}),
 )
 usage = st.one_of(
     st.fixed_dictionaries(
@@ -287,3 +311,124 @@ def test_realistic_events_take_the_fast_path_and_agree() -> None:
 def test_bodies_the_typed_decoder_refuses_go_the_generic_way(body: bytes) -> None:
     with pytest.raises(msgspec.ValidationError):
         services._native_decoder.decode(body)
+
+
+# --- every listed edge, one at a time, on an otherwise valid event -----------------------
+
+BASE = {
+    "event_id": "e",
+    "customer": "c",
+    "timestamp": _iso(NOW - timedelta(minutes=1)),
+    "model": "m",
+    "provider": "openai",
+    "hardware": "H100",
+    "input_tokens": 100,
+    "cache_read_input_tokens": 10,
+    "cache_write_input_tokens": 5,
+    "output_tokens": 50,
+    "reasoning_output_tokens": 5,
+    "gpu_seconds": Decimal("1.5"),
+    "latency_ms": 100,
+    "properties": {"region": "eu", "stream": True},
+}
+DELETE = object()
+
+
+def _label_edges(limit: int) -> list[Any]:
+    return ["", "q" * limit, "q" * (limit + 1), "a\x00b", "\x00", None, 3, DELETE]
+
+
+EDGE_VALUES: dict[str, list[Any]] = {
+    "event_id": _label_edges(normalize.MAX_ID_LENGTH),
+    "customer": _label_edges(normalize.MAX_ID_LENGTH),
+    "model": _label_edges(normalize.MAX_MODEL_LENGTH),
+    "provider": _label_edges(normalize.MAX_LABEL_LENGTH),
+    "hardware": _label_edges(normalize.MAX_LABEL_LENGTH),
+    "timestamp": [
+        None,
+        5,
+        DELETE,
+        "2026-11-26",
+        "2026-11-26T11:00:00",
+        "2026-11-26T11:00:00.5+01:00",
+        "2026-11-26T12:05:01Z",
+        "2026-10-21T11:59:59Z",
+        "2026-10-22T12:00:00Z",
+    ],
+    **{
+        name: [-1, 0, 2**53, 2**53 + 1, None, True, Decimal("12.0"), Decimal("1.5"), DELETE]
+        for name in TOKENS
+    },
+    "gpu_seconds": [
+        None,
+        0,
+        -1,
+        True,
+        "1.5",
+        " 2 ",
+        "abc",
+        "NaN",
+        Decimal("0.0000001"),
+        Decimal("1e17"),
+        Decimal("99999999999999999.999999"),
+        "1e3",
+        DELETE,
+    ],
+    "latency_ms": [-1, 0, 2**31 - 1, 2**31, None, True, "5", Decimal("5.0"), DELETE],
+    "properties": [
+        None,
+        [],
+        "x",
+        {},
+        {"team": "a\x00"},
+        {"a\x00": "x"},
+        {"": "x"},
+        {"k" * 64: "x"},
+        {"k" * 65: "x"},
+        {"v": "v" * 256},
+        {"v": "v" * 257},
+        {"n": 10**39},
+        {"n": 10**40},
+        {"n": -(10**40)},
+        {"n": Decimal("1e39")},
+        {"n": Decimal("1e40")},
+        {"n": Decimal("1e-40")},
+        {"n": Decimal("1e-41")},
+        {"n": Decimal("1.5")},
+        {"b": False},
+        {"l": [1]},
+        {"o": {}},
+        {"z": None},
+        {f"k{i}": "v" for i in range(32)},
+        {f"k{i}": "v" for i in range(33)},
+        DELETE,
+    ],
+    "usage": [
+        None,
+        {},
+        [],
+        {"prompt_tokens": 10, "completion_tokens": 5},
+        {"input_tokens": 3, "cache_read_input_tokens": 10, "output_tokens": 4},
+        {"usageMetadata": {"promptTokenCount": 7, "thoughtsTokenCount": 2}},
+    ],
+    "attributes": [
+        None,
+        {},
+        {"gen_ai.usage.input_tokens": 5, "gen_ai.request.model": "gpt"},
+        {"gen_ai.usage.input_tokens": -5},
+    ],
+    "unknown": [1, None],
+}
+EDGE_CASES = [(name, value) for name, values in EDGE_VALUES.items() for value in values]
+
+
+@pytest.mark.parametrize(("name", "value"), EDGE_CASES)
+def test_each_edge_answered_alike(name: str, value: Any) -> None:
+    for base in (BASE, {k: v for k, v in BASE.items() if k not in TOKENS}):
+        event = dict(base)
+        if value is DELETE:
+            event.pop(name, None)
+        else:
+            event[name] = value
+        assert_same_answers(_encoder.encode([event]))
+        assert_same_answers(_encoder.encode(event))
