@@ -304,6 +304,8 @@ class PhaseResult:
     statuses: dict[int, int]
     reconnects: int
     errors: list[str]
+    app_cpu_s: float = 0.0
+    db_cpu_s: float = 0.0
 
     def pct(self, q: float) -> float:
         values = sorted(self.latencies_ms)
@@ -365,6 +367,57 @@ def run_http_phase(
         reconnects=sum(r.reconnects for r in results),
         errors=[e for r in results for e in r.errors][:5],
     )
+
+
+# --- where the CPU went (Linux /proc; a diagnostic beside the rates) -------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    todo += [int(child) for child in fh.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+class CpuMeter:
+    """CPU seconds of the service's processes and of this database's PostgreSQL
+    backends, so a rate measured on a busy machine can be read as CPU per event."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def snapshot(self, app_pids: list[int]) -> tuple[dict[int, float], dict[int, float]]:
+        backends = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        app = {pid: _cpu_seconds(pid) for pid in app_pids}
+        return app, {pid: _cpu_seconds(pid) for (pid,) in backends}
+
+    @staticmethod
+    def spent(before: dict[int, float], after: dict[int, float]) -> float:
+        return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 # --- database, service ------------------------------------------------------------------
@@ -485,6 +538,9 @@ def run_raw_phase(bodies: list[bytes], *, source_id: int) -> PhaseResult:
             events.append(event)
         batches.append(events)
     latencies, accepted, duplicates = [], 0, 0
+    connection.ensure_connection()
+    backend = connection.connection.info.backend_pid
+    db0, app0 = _cpu_seconds(backend), time.process_time()
     started = time.perf_counter()
     for events in batches:
         t0 = time.perf_counter()
@@ -493,6 +549,7 @@ def run_raw_phase(bodies: list[bytes], *, source_id: int) -> PhaseResult:
         accepted += result.accepted
         duplicates += result.duplicates
     seconds = time.perf_counter() - started
+    db_cpu, app_cpu = _cpu_seconds(backend) - db0, time.process_time() - app0
     connection.close()
     return PhaseResult(
         requests=len(batches),
@@ -505,10 +562,26 @@ def run_raw_phase(bodies: list[bytes], *, source_id: int) -> PhaseResult:
         statuses={},
         reconnects=0,
         errors=[],
+        app_cpu_s=app_cpu,
+        db_cpu_s=db_cpu,
     )
 
 
 # --- main ---------------------------------------------------------------------------
+
+
+def measured_http(
+    meter: CpuMeter | None, server_pid: int, requests: list[bytes], **kwargs: Any
+) -> PhaseResult:
+    """run_http_phase, with the CPU the service and PostgreSQL spent on it."""
+    if meter is None:
+        return run_http_phase(requests, **kwargs)
+    app_pids = _descendants(server_pid)
+    app0, db0 = meter.snapshot(app_pids)
+    phase = run_http_phase(requests, **kwargs)
+    app1, db1 = meter.snapshot(app_pids)
+    phase.app_cpu_s, phase.db_cpu_s = meter.spent(app0, app1), meter.spent(db0, db1)
+    return phase
 
 
 def describe(label: str, phase: PhaseResult, *, unit: str = "events") -> str:
@@ -524,7 +597,21 @@ def describe(label: str, phase: PhaseResult, *, unit: str = "events") -> str:
         line += f", statuses {phase.statuses}"
     if phase.reconnects:
         line += f", reconnects {phase.reconnects:,}"
-    return line + ")"
+    line += ")"
+    if phase.app_cpu_s or phase.db_cpu_s:
+        per, what = (
+            (1000 / phase.events, "1,000 events")
+            if unit == "events"
+            else (
+                1 / phase.requests,
+                "request",
+            )
+        )
+        line += (
+            f"\n{'':<34} CPU per {what}: Python {phase.app_cpu_s * per * 1000:.2f} ms, "
+            f"PostgreSQL {phase.db_cpu_s * per * 1000:.2f} ms"
+        )
+    return line
 
 
 def main() -> None:
@@ -575,7 +662,10 @@ def main() -> None:
     run = uuid.uuid4().hex[:10]
     key = manage("create_api_key", "--source", f"bench-{run}", "--scope", "ingest", env=env)
     key = key.strip().splitlines()[-1]
-    print(f"database {urlsplit(url).path.lstrip('/')}, run {run}, {os.cpu_count()} cores")
+    print(
+        f"database {urlsplit(url).path.lstrip('/')}, run {run}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.2f} (other work on the machine slows every phase)"
+    )
 
     import django
 
@@ -616,26 +706,19 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="inferbill-bench-"))
     log = workdir / "gunicorn.log"
     server = gunicorn_start(port=port, env=env, log=log)
+    meter = CpuMeter(url) if os.path.exists(f"/proc/{os.getpid()}/stat") else None
     try:
         wait_ready(port, server)
         http = {"port": port, "timeout": args.timeout}
-        run_http_phase(
-            requests(warm_batches), events_per_request=size, clients=args.clients, **http
-        )
-        batch = run_http_phase(
-            requests(batches), events_per_request=size, clients=args.clients, **http
-        )
+        batched = {"events_per_request": size, "clients": args.clients, **http}
+        single_kw = {"events_per_request": 1, "clients": args.single_clients, **http}
+        run_http_phase(requests(warm_batches), **batched)
+        batch = measured_http(meter, server.pid, requests(batches), **batched)
         print(describe(f"(a) new batches of {size:,}, {args.clients} clients", batch))
-        dup = run_http_phase(
-            requests(batches), events_per_request=size, clients=args.clients, **http
-        )
+        dup = measured_http(meter, server.pid, requests(batches), **batched)
         print(describe(f"(b) same batches again, {args.clients} clients", dup))
-        run_http_phase(
-            requests(warm_singles), events_per_request=1, clients=args.single_clients, **http
-        )
-        single = run_http_phase(
-            requests(singles), events_per_request=1, clients=args.single_clients, **http
-        )
+        run_http_phase(requests(warm_singles), **single_kw)
+        single = measured_http(meter, server.pid, requests(singles), **single_kw)
         print(
             describe(f"(c) single events, {args.single_clients} clients", single, unit="requests")
         )
@@ -643,6 +726,9 @@ def main() -> None:
         gunicorn_stop(server)
         sys.stderr.write(log.read_text()[-4000:])
         raise
+    finally:
+        if meter is not None:
+            meter.close()
     gunicorn_stop(server)
 
     problems = []
@@ -661,6 +747,7 @@ def main() -> None:
         f"check: {stored:,} events stored over HTTP (expected {expected:,}), {stored_raw:,} "
         f"by the raw phase (expected {expected_raw:,})"
     )
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if stored != expected or stored_raw != expected_raw:
         problems.append("stored row counts differ from what was accepted")
     for problem in problems:
