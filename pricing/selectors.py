@@ -10,7 +10,6 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
 from django.db.models import Q, QuerySet, Sum
 
 from billing.models import Invoice, InvoiceLine
@@ -22,9 +21,6 @@ from pricing.models import CostRate, MarginFlag, MarginSnapshot
 # customers' month); from ~2,000 it scans the whole table each time (more than twice
 # that).
 USAGE_CHUNK = 1000
-# Enough for the planner to aggregate in memory (its estimate of the groups is far above
-# the few MB actually used per chunk).
-READ_WORK_MEM = "256MB"
 GROUP = ("customer", "model", "hardware", "provider")
 
 
@@ -77,21 +73,12 @@ def usage_segments(
     (metering.selectors.usage_rows), so every stored event counts exactly once."""
     cuts = [start, *sorted(b for b in set(boundaries) if start < b < end), end]
     segments = [Segment(a, b) for a, b in itertools.pairwise(cuts) if a < b]
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            # Aggregate a month of hourly rows in memory rather than in sorted runs on disk.
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)",
-                    [READ_WORK_MEM],
-                )
-        for segment in segments:
-            for i in range(0, len(customers), USAGE_CHUNK):
-                chunk = customers[i : i + USAGE_CHUNK]
-                for row in usage_rows(
-                    customers=chunk, start=segment.start, end=segment.end, group=GROUP
-                ):
-                    segment.rows.setdefault(row["customer"], []).append(row)
+    for segment in segments:
+        for i in range(0, len(customers), USAGE_CHUNK):
+            chunk = customers[i : i + USAGE_CHUNK]
+            rows = usage_rows(customers=chunk, start=segment.start, end=segment.end, group=GROUP)
+            for row in rows:
+                segment.rows.setdefault(row["customer"], []).append(row)
     return segments
 
 
