@@ -247,12 +247,13 @@ def _copy_line(row: _Row, escape: Any = None) -> str:
 def _copy_text(rows: list[_Row]) -> bytes:
     """The rows in COPY text format. Built without escaping, then checked as a whole:
     if any sender string held a backslash, tab, newline or carriage return, the rows
-    are built again with each such string escaped."""
+    are built again with each such string escaped. (The only backslashes of our own
+    are the \\N of missing latencies.)"""
     text = "".join([_copy_line(row) for row in rows])
     if (
         text.count("\t") != _COPY_TABS * len(rows)
         or text.count("\n") != len(rows)
-        or "\\" in text
+        or text.count("\\") != sum(row.event.latency_ms is None for row in rows)
         or "\r" in text
     ):
         text = "".join([_copy_line(row, _copy_escape) for row in rows])

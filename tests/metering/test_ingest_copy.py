@@ -97,3 +97,52 @@ def test_staging_table_made_again_when_it_is_gone(transactional_db: None) -> Non
     second = events_store(source_id=source.id, events=_events("b", 20), received_at=timezone.now())
     assert (second.accepted, second.duplicates) == (20, 0)
     assert Event.objects.filter(source=source).count() == 40
+
+
+def _plain(prefix: str, n: int, **fields: object) -> list[NormalizedEvent]:
+    now = timezone.now()
+    return [
+        NormalizedEvent(
+            event_id=f"{prefix}-{i}",
+            customer="acme",
+            timestamp=now,
+            model="gpt-4o",
+            input_tokens=i,
+            latency_ms=None if i % 3 else 250,
+            **fields,  # type: ignore[arg-type]
+        )
+        for i in range(n)
+    ]
+
+
+def test_missing_latencies_alone_need_no_escaping(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = Source.objects.create(name="nulls")
+    events = _plain("n", 20)
+    rows = ingest._dedupe(events, source_id=source.id, result=ingest.IngestResult())
+
+    def escaped(value: str) -> str:
+        raise AssertionError("rows built a second time, with escaping")
+
+    monkeypatch.setattr(ingest, "_copy_escape", escaped)
+    text = ingest._copy_text(rows).decode()
+    assert text.count("\\N") == sum(e.latency_ms is None for e in events)
+    monkeypatch.undo()
+    assert events_store(source_id=source.id, events=events, received_at=timezone.now()).accepted
+    stored = dict(Event.objects.filter(source=source).values_list("event_id", "latency_ms"))
+    assert stored == {e.event_id: e.latency_ms for e in events}
+
+
+def test_a_sender_string_that_reads_like_null_is_kept(transactional_db: None) -> None:
+    source = Source.objects.create(name="backslash-n")
+    events = _plain("b", 20)
+    events[4].customer = "\\N"
+    events[5].model = "\\N"
+    events[6].properties = {"x": "\\N"}
+    result = events_store(source_id=source.id, events=events, received_at=timezone.now())
+    assert result.accepted == 20
+    stored = {e.event_id: e for e in Event.objects.filter(source=source)}
+    assert stored["b-4"].customer == "\\N"
+    assert stored["b-5"].model == "\\N"
+    assert stored["b-6"].properties == {"x": "\\N"}
