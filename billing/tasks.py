@@ -14,7 +14,10 @@ from django.db import transaction
 
 from billing import invoicing
 
-CHUNK_SIZE = 50
+# Subscriptions per invoice task: one transaction of about twenty statements whatever its
+# size (see invoicing._generate_together), so bigger chunks spread the fixed cost further;
+# 100 made about 10 % more invoices per second than 50 in bench/invoice.py.
+CHUNK_SIZE = 100
 RETRY = {
     "acks_late": True,
     "reject_on_worker_lost": True,
