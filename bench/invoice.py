@@ -426,6 +426,15 @@ class Workers:
                 proc.wait(timeout=10)
 
 
+def broker_cleanup(url: str, queue: str) -> None:
+    """Drop this run's queue (anything left in it) and its binding from Redis."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.delete(queue, f"_kombu.binding.{queue}")
+    client.close()
+
+
 def wait_until(condition: Any, *, what: str, workers: Workers, timeout: float) -> float:
     began = time.monotonic()
     while not condition():
@@ -672,6 +681,7 @@ def main() -> None:
         failures = workers.failures()
     finally:
         workers.stop()
+        broker_cleanup(broker_url, queue)
 
     checks = reconcile(start=start, end=end, periods=2 if args.history else 1)
     reconciled = (
