@@ -41,12 +41,15 @@ _FOLD_SQL = f"""
     FROM metering_event
     WHERE batch_id = ANY(%s)
     GROUP BY 1, 2, 3, 4, 5
-    ORDER BY 1, 2, 3, 4, 5
+    ORDER BY customer COLLATE "C", 2, model COLLATE "C", hardware COLLATE "C",
+             provider COLLATE "C"
     ON CONFLICT ({", ".join(BUCKET)}) DO UPDATE SET
         requests = metering_usagerollup.requests + EXCLUDED.requests,
         {", ".join(f"{c} = metering_usagerollup.{c} + EXCLUDED.{c}" for c in SUMMED)}
 """
 # ORDER BY above: concurrent folds touching the same buckets lock them in one order.
+# Byte order ("C"): the same order as the index's for the identifiers events carry, and
+# half the sorting time of the database's default collation.
 # Per fold transaction: room to aggregate and sort a round in memory (the default 4 MB
 # spills a round of a few hundred thousand events to disk); no JIT compilation, which
 # costs more than it saves on statements like these.
