@@ -800,7 +800,11 @@ def _generate_together(
             if invoice.is_open
         ]
         history = _History.read(
-            customer_ids=[i.customer_id for i in invoices if i.service_end == i.period_end],
+            customer_ids=[
+                i.customer_id
+                for i in invoices
+                if periods[i.subscription_id].service_end == periods[i.subscription_id].end
+            ],
             period_start=period_start,
         )
         now = timezone.now()
