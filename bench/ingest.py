@@ -39,10 +39,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from _common import PYTHON, ROOT, database_ensure, manage
+
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/inferbill_bench"
 
 # --- realistic events ----------------------------------------------------------------
@@ -420,44 +420,7 @@ class CpuMeter:
         self.conn.close()
 
 
-# --- database, service ------------------------------------------------------------------
-
-
-def database_ensure(url: str, *, fresh: bool) -> None:
-    """Create the database named in `url` if it does not exist; with `fresh`, drop it
-    first (only a database whose name says it is for benchmarks)."""
-    import psycopg
-    from psycopg import sql
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if fresh:
-            if "bench" not in name:
-                raise SystemExit(f"--fresh drops the database: refusing for '{name}' (no 'bench')")
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            print(f"created database {name}")
-
-
-def manage(*args: str, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [PYTHON, str(ROOT / "manage.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f"manage.py {args[0]} failed")
-    return done.stdout
+# --- service ----------------------------------------------------------------------------
 
 
 def free_port() -> int:

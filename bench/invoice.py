@@ -35,7 +35,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -43,10 +42,10 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from _common import PYTHON, ROOT, database_ensure, manage
+
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/inferbill_bench_invoice"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 MILLION = Decimal(1_000_000)
@@ -75,34 +74,6 @@ def log(message: str) -> None:
 
 
 # --- database ------------------------------------------------------------------------------
-
-
-def database_ensure(url: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            log(f"created database {name}")
-
-
-def manage(*args: str, env: dict[str, str]) -> None:
-    done = subprocess.run(
-        [PYTHON, str(ROOT / "manage.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        sys.stderr.write(done.stdout + done.stderr)
-        raise SystemExit(f"manage.py {args[0]} failed")
 
 
 def month_start(day: date, months_back: int = 0) -> date:

@@ -36,11 +36,10 @@ import os
 import sys
 import time
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT, database_ensure
+
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/inferbill_bench_margin"
 BATCH = 1000
 
@@ -53,19 +52,6 @@ MODELS = [
     ("llama-3.1-70b", "self-hosted", "h100", 8),
     ("mystery-model-9b", "self-hosted", "", 2),
 ]
-
-
-def database_ensure(url: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            print(f"created database {name}", flush=True)
 
 
 def _model_case() -> str:
