@@ -109,44 +109,37 @@ CUSTOMERS = (
 )
 
 
+# The "usage" plan: USD per million tokens of each model, by token class.
+USAGE_METRICS = (
+    ("uncached_input_tokens", "input tokens"),
+    ("cache_read_input_tokens", "cached input tokens"),
+    ("output_tokens", "output tokens"),
+)
+USAGE_PRICES = {
+    "gpt-4o": ("5.00", "2.50", "15.00"),
+    "gpt-4o-mini": ("0.30", "0.15", "1.20"),
+    "o3-mini": ("2.20", "1.10", "8.80"),
+    "claude-sonnet-4-20250514": ("6.00", "0.60", "30.00"),
+    "llama-3.1-70b": ("1.00", "1.00", "2.00"),
+}
+
+
 def _plans() -> dict[str, Plan]:
     def ensure(code: str, create: Callable[[], Plan]) -> Plan:
         return Plan.objects.filter(code=code, is_latest=True).first() or create()
 
-    per_model_usage = []
-    for model, (input_price, cached_price, output_price) in {
-        "gpt-4o": ("5.00", "2.50", "15.00"),
-        "gpt-4o-mini": ("0.30", "0.15", "1.20"),
-        "o3-mini": ("2.20", "1.10", "8.80"),
-        "claude-sonnet-4-20250514": ("6.00", "0.60", "30.00"),
-        "llama-3.1-70b": ("1.00", "1.00", "2.00"),
-    }.items():
-        per_model_usage += [
-            ChargeInput(
-                metric="uncached_input_tokens",
-                price_model="per_unit",
-                unit_size=PER_MILLION,
-                unit_price=Decimal(input_price),
-                filter={"model": model},
-                display_name=f"{model} input tokens (per 1M)",
-            ),
-            ChargeInput(
-                metric="cache_read_input_tokens",
-                price_model="per_unit",
-                unit_size=PER_MILLION,
-                unit_price=Decimal(cached_price),
-                filter={"model": model},
-                display_name=f"{model} cached input tokens (per 1M)",
-            ),
-            ChargeInput(
-                metric="output_tokens",
-                price_model="per_unit",
-                unit_size=PER_MILLION,
-                unit_price=Decimal(output_price),
-                filter={"model": model},
-                display_name=f"{model} output tokens (per 1M)",
-            ),
-        ]
+    per_model_usage = [
+        ChargeInput(
+            metric=metric,
+            price_model="per_unit",
+            unit_size=PER_MILLION,
+            unit_price=Decimal(price),
+            filter={"model": model},
+            display_name=f"{model} {what} (per 1M)",
+        )
+        for model, prices in USAGE_PRICES.items()
+        for (metric, what), price in zip(USAGE_METRICS, prices, strict=True)
+    ]
     return {
         "unlimited": ensure(
             "unlimited",
