@@ -42,33 +42,32 @@ class ModelProfile:
 
 
 MODELS = {
-    "gpt-4o": ModelProfile("gpt-4o", "openai", "", (800, 6000), (100, 1200), 0.4, 0.0, Decimal(0)),
-    "gpt-4o-mini": ModelProfile(
-        "gpt-4o-mini", "openai", "", (300, 3000), (50, 600), 0.3, 0.0, Decimal(0)
-    ),
-    "o3-mini": ModelProfile(
-        "o3-mini", "openai", "", (500, 4000), (400, 4000), 0.2, 0.6, Decimal(0)
-    ),
-    "claude-sonnet-4-20250514": ModelProfile(
-        "claude-sonnet-4-20250514",
-        "anthropic",
-        "",
-        (2000, 30000),
-        (300, 3000),
-        0.6,
-        0.0,
-        Decimal(0),
-    ),
-    "llama-3.1-70b": ModelProfile(
-        "llama-3.1-70b",
-        "self-hosted",
-        "h100",
-        (500, 4000),
-        (100, 1500),
-        0.0,
-        0.0,
-        Decimal("2.5"),
-    ),
+    profile.model: profile
+    for profile in (
+        ModelProfile("gpt-4o", "openai", "", (800, 6000), (100, 1200), 0.4, 0.0, Decimal(0)),
+        ModelProfile("gpt-4o-mini", "openai", "", (300, 3000), (50, 600), 0.3, 0.0, Decimal(0)),
+        ModelProfile("o3-mini", "openai", "", (500, 4000), (400, 4000), 0.2, 0.6, Decimal(0)),
+        ModelProfile(
+            "claude-sonnet-4-20250514",
+            "anthropic",
+            "",
+            (2000, 30000),
+            (300, 3000),
+            0.6,
+            0.0,
+            Decimal(0),
+        ),
+        ModelProfile(
+            "llama-3.1-70b",
+            "self-hosted",
+            "h100",
+            (500, 4000),
+            (100, 1500),
+            0.0,
+            0.0,
+            Decimal("2.5"),
+        ),
+    )
 }
 
 
