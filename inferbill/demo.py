@@ -240,12 +240,10 @@ class DemoResult:
     invoices: int
 
 
-def demo_load(
-    *, now: datetime | None = None, cost_rates: Callable[[], object] | None = None
-) -> DemoResult:
+def demo_load(*, cost_rates: Callable[[], object] | None = None) -> DemoResult:
     """Load the demo: catalogue, last month and this month so far of usage, last
     month's invoices. Returns a fresh API key (ingest, read and billing scopes)."""
-    now = now or timezone.now()
+    now = timezone.now()
     this_month = datetime(now.year, now.month, 1, tzinfo=UTC)
     last_month = (this_month - timedelta(days=1)).replace(day=1)
     rng = random.Random(20261126)
