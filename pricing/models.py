@@ -220,10 +220,6 @@ class MarginSnapshot(models.Model):
     def __str__(self) -> str:
         return f"{self.customer} {self.period:%Y-%m}: margin {self.margin:.2f}"
 
-    @property
-    def uncosted(self) -> bool:
-        return bool(self.uncosted_requests or self.uncosted_tokens or self.uncosted_gpu_seconds)
-
 
 class MarginFlag(models.Model):
     """A customer flagged in a period. At most one active flag per customer and period:
@@ -272,10 +268,6 @@ class MarginFlag(models.Model):
     def __str__(self) -> str:
         state = "active" if self.cleared_at is None else "cleared"
         return f"{self.customer} {self.period:%Y-%m} {self.kind} ({state})"
-
-    @property
-    def is_active(self) -> bool:
-        return self.cleared_at is None
 
 
 class ReferencePlan(models.Model):

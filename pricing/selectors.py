@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import QuerySet, Sum
 
 from billing.models import Invoice, InvoiceLine
 from metering.selectors import usage_rows
@@ -215,14 +215,3 @@ def margin_report(*, period: date, flagged: bool = False) -> MarginReport:
         "by_flag": by_flag,
     }
     return MarginReport(period=period, rows=rows, flags=flags, totals=totals)
-
-
-def flags_active(*, period: date | None = None) -> QuerySet[MarginFlag]:
-    flags = MarginFlag.objects.filter(cleared_at__isnull=True)
-    if period is not None:
-        flags = flags.filter(period=period)
-    return flags.select_related("customer").order_by("-is_flat", "margin", "customer__external_id")
-
-
-def snapshot_for(*, customer_id: int, period: date) -> MarginSnapshot | None:
-    return MarginSnapshot.objects.filter(Q(customer_id=customer_id) & Q(period=period)).first()
