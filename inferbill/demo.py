@@ -240,7 +240,7 @@ class DemoResult:
     invoices: int
 
 
-def demo_load(*, cost_rates: Callable[[], object] | None = None) -> DemoResult:
+def demo_load() -> DemoResult:
     """Load the demo: catalogue, last month and this month so far of usage, last
     month's invoices. Returns a fresh API key (ingest, read and billing scopes)."""
     now = timezone.now()
@@ -269,8 +269,6 @@ def demo_load(*, cost_rates: Callable[[], object] | None = None) -> DemoResult:
             stored += events_store(
                 source_id=source.id, events=events[i : i + 2000], received_at=now
             ).accepted
-    if cost_rates is not None:
-        cost_rates()
     usage_rollup_fold()
     # Last month's invoices: finalized once its grace period is over (drafts before).
     with transaction.atomic():

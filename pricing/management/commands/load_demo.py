@@ -19,7 +19,8 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        result = demo_load(cost_rates=demo_cost_rates_load)
+        demo_cost_rates_load()
+        result = demo_load()
         if not ReferencePlan.objects.filter(pk=1).exists():
             # Flagged flat customers are compared with what pay-as-you-go would bill.
             ReferencePlan(plan_code="usage").save()
