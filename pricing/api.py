@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from metering.api import _parse_time
 from metering.auth import scope_required
 from metering.models import SCOPE_BILLING, SCOPE_READ
 from pricing import reports, selectors, services
@@ -102,17 +103,6 @@ def _bad(errors: dict[str, str]) -> Response:
     )
 
 
-def _moment(value: str, *, name: str) -> datetime:
-    try:
-        value = value[:11] + value[11:].replace(" ", "+")  # '+' in a query string
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{name}: must be an RFC 3339 date-time with offset") from None
-    if parsed.tzinfo is None:
-        raise ValueError(f"{name}: must include a UTC offset (Z or ±hh:mm)")
-    return parsed
-
-
 def _page(request: Request) -> tuple[int, int]:
     try:
         limit = int(request.query_params.get("limit", 100))
@@ -159,7 +149,7 @@ class CostRatesView(APIView):
     def get(self, request: Request) -> Response:
         params = request.query_params
         try:
-            at = _moment(params["at"], name="at") if params.get("at") else None
+            at = _parse_time(params.get("at"), name="at")
             limit, offset = _page(request)
         except ValueError as exc:
             return Response({"detail": str(exc)}, status=400)
@@ -235,7 +225,7 @@ class CostRatesView(APIView):
             start: Any = (
                 datetime.fromisoformat(raw_start).date()
                 if len(raw_start) == 10
-                else _moment(raw_start, name="effective_from")
+                else _parse_time(raw_start, name="effective_from")
             )
         except ValueError as exc:
             return _bad({"effective_from": str(exc).split(": ", 1)[-1]})
