@@ -562,14 +562,10 @@ def describe(label: str, phase: PhaseResult, *, unit: str = "events") -> str:
         line += f", reconnects {phase.reconnects:,}"
     line += ")"
     if phase.app_cpu_s or phase.db_cpu_s:
-        per, what = (
-            (1000 / phase.events, "1,000 events")
-            if unit == "events"
-            else (
-                1 / phase.requests,
-                "request",
-            )
-        )
+        if unit == "events":
+            per, what = 1000 / phase.events, "1,000 events"
+        else:
+            per, what = 1 / phase.requests, "request"
         line += (
             f"\n{'':<34} CPU per {what}: Python {phase.app_cpu_s * per * 1000:.2f} ms, "
             f"PostgreSQL {phase.db_cpu_s * per * 1000:.2f} ms"
