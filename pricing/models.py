@@ -28,6 +28,8 @@ MONEY = {"max_digits": 30, "decimal_places": 12}  # exact enough to sum millions
 QUANTITY = {"max_digits": 30, "decimal_places": 6}
 MILLION = Decimal(1_000_000)
 SECONDS_PER_HOUR = Decimal(3600)
+# What a cost rate is a price of; a new price for a key is a new rate from a later instant.
+RATE_KEY_FIELDS = ("kind", "model", "provider", "token_class", "hardware")
 
 
 class CostRate(models.Model):
@@ -77,7 +79,7 @@ class CostRate(models.Model):
     class Meta:
         constraints: ClassVar = [
             models.UniqueConstraint(
-                fields=["kind", "model", "provider", "token_class", "hardware", "effective_from"],
+                fields=[*RATE_KEY_FIELDS, "effective_from"],
                 name="costrate_one_per_key_and_start",
             ),
             models.CheckConstraint(
@@ -130,8 +132,13 @@ class CostRate(models.Model):
         )
 
     @property
-    def key(self) -> tuple[str, str, str, str, str]:
-        return (self.kind, self.model, self.provider, self.token_class, self.hardware)
+    def key(self) -> tuple[str, ...]:
+        return tuple(getattr(self, name) for name in RATE_KEY_FIELDS)
+
+    @classmethod
+    def key_filter(cls, key: tuple[str, ...]) -> dict[str, str]:
+        """Filter arguments selecting the rates of `key` (as `CostRate.key` gives it)."""
+        return dict(zip(RATE_KEY_FIELDS, key, strict=True))
 
     @property
     def usd_per_million_tokens(self) -> Decimal | None:

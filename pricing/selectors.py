@@ -14,7 +14,7 @@ from django.db.models import QuerySet, Sum
 
 from billing.models import Invoice, InvoiceLine
 from metering.selectors import usage_rows
-from pricing.models import CostRate, MarginFlag, MarginSnapshot
+from pricing.models import RATE_KEY_FIELDS, CostRate, MarginFlag, MarginSnapshot
 
 # Customers per usage query. Measured on 7M hourly rollup rows: up to ~1,000 customers
 # PostgreSQL reads their rollups through the index (about 11 CPU-seconds for all 10,000
@@ -149,9 +149,7 @@ def cost_rates_list(
     if in_force_at is not None:
         rates = rates.filter(effective_from__lte=in_force_at)
         latest: dict[tuple[str, ...], tuple[datetime, int]] = {}
-        for pk, *key, start in rates.values_list(
-            "pk", "kind", "model", "provider", "token_class", "hardware", "effective_from"
-        ):
+        for pk, *key, start in rates.values_list("pk", *RATE_KEY_FIELDS, "effective_from"):
             current = latest.get(tuple(key))
             if current is None or start > current[0]:
                 latest[tuple(key)] = (start, pk)
@@ -159,17 +157,9 @@ def cost_rates_list(
     return rates.order_by("kind", "model", "hardware", "provider", "token_class", "effective_from")
 
 
-def cost_rate_in_force(*, key: tuple[str, str, str, str, str], at: datetime) -> CostRate | None:
-    kind, model, provider, token_class, hardware = key
+def cost_rate_in_force(*, key: tuple[str, ...], at: datetime) -> CostRate | None:
     return (
-        CostRate.objects.filter(
-            kind=kind,
-            model=model,
-            provider=provider,
-            token_class=token_class,
-            hardware=hardware,
-            effective_from__lte=at,
-        )
+        CostRate.objects.filter(**CostRate.key_filter(key), effective_from__lte=at)
         .order_by("-effective_from")
         .first()
     )

@@ -194,12 +194,7 @@ def cost_rate_create(*, now: datetime | None = None, **fields: Any) -> tuple[Cos
     start = candidate.effective_from
     with transaction.atomic():
         existing = CostRate.objects.filter(
-            kind=candidate.kind,
-            model=candidate.model,
-            provider=candidate.provider,
-            token_class=candidate.token_class,
-            hardware=candidate.hardware,
-            effective_from=start,
+            **CostRate.key_filter(candidate.key), effective_from=start
         ).first()
         if existing is not None:
             same = (
