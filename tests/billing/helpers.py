@@ -7,19 +7,21 @@ number (April 2026 has 30 days, March and May 31).
 
 from __future__ import annotations
 
-import itertools
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from django.utils import timezone
-
 from billing import invoicing
 from billing.models import Customer, Invoice, InvoiceLine, Plan, Subscription
-from billing.services import ChargeInput, customer_create, plan_create, subscription_create
-from metering.ingest import IngestResult, events_store
-from metering.models import Source
+from billing.services import ChargeInput, plan_create, subscription_create
+from metering.ingest import IngestResult
 from metering.normalize import NormalizedEvent
+from tests import factories
+
+# Re-exported: the tests import them from here.
+from tests.factories import at as at
+from tests.factories import customer as customer
+from tests.factories import ev as ev
 
 D = Decimal
 MILLION = D(1_000_000)
@@ -27,42 +29,10 @@ APRIL = date(2026, 4, 1)
 MAY = date(2026, 5, 1)
 JUNE = date(2026, 6, 1)
 
-_ids = itertools.count(1)
-
-
-def at(text: str) -> datetime:
-    """A UTC moment from 'YYYY-MM-DD[ HH:MM[:SS]]'."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def ev(
-    customer: str, when: str | datetime, model: str = "gpt-4o", **fields: Any
-) -> NormalizedEvent:
-    """One valid event; token classes, hardware, provider, gpu_seconds, properties by name."""
-    if "gpu_seconds" in fields:
-        fields["gpu_seconds"] = D(str(fields["gpu_seconds"]))
-    return NormalizedEvent(
-        event_id=f"ev-{next(_ids)}",
-        customer=customer,
-        timestamp=at(when) if isinstance(when, str) else when,
-        model=model,
-        **fields,
-    )
-
-
-def source() -> Source:
-    return Source.objects.get_or_create(name="billing-tests")[0]
-
 
 def store(*events: NormalizedEvent) -> IngestResult:
     """Store events as one ingest batch through the real ingest path."""
-    result = events_store(source_id=source().id, events=list(events), received_at=timezone.now())
-    assert result.accepted == len(events), result
-    return result
-
-
-def customer(external_id: str = "acme", currency: str = "USD") -> Customer:
-    return customer_create(external_id=external_id, name=external_id.title(), currency=currency)
+    return factories.store(*events, source="billing-tests")
 
 
 def per_unit(metric: str, price: str, *, unit_size: Decimal = MILLION, **kw: Any) -> ChargeInput:

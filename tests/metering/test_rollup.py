@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 from io import StringIO
 from typing import Any
@@ -12,39 +12,19 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from metering.ingest import events_store
-from metering.models import Event, IngestBatch, Source, UsageRollup
+from metering.models import Event, IngestBatch, UsageRollup
 from metering.normalize import NormalizedEvent
 from metering.rollup import FoldResult, usage_rollup_fold
 from metering.selectors import usage_rows
 from metering.tasks import usage_rollup_task
+from tests import factories
+from tests.factories import at, ev
 
 D = Decimal
-_counter = iter(range(1, 10**9))
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def ev(
-    customer: str, when: str | datetime, model: str = "gpt-4o", **fields: Any
-) -> NormalizedEvent:
-    if "gpu_seconds" in fields:
-        fields["gpu_seconds"] = D(str(fields["gpu_seconds"]))
-    return NormalizedEvent(
-        event_id=f"r-{next(_counter)}",
-        customer=customer,
-        timestamp=at(when) if isinstance(when, str) else when,
-        model=model,
-        **fields,
-    )
 
 
 def store(*events: NormalizedEvent) -> int:
-    source = Source.objects.get_or_create(name="rollup-tests")[0]
-    result = events_store(source_id=source.id, events=list(events), received_at=at("2026-05-01"))
-    assert result.accepted == len(events)
+    result = factories.store(*events, source="rollup-tests", received_at=at("2026-05-01"))
     assert result.batch_id is not None
     return result.batch_id
 

@@ -8,21 +8,22 @@ whatever day the tests run.
 
 from __future__ import annotations
 
-import itertools
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from django.utils import timezone
-
 from billing.models import Customer, Plan, Subscription
-from billing.services import ChargeInput, customer_create, plan_create, subscription_create
-from metering.ingest import events_store
-from metering.models import Source
+from billing.services import ChargeInput, plan_create, subscription_create
 from metering.normalize import NormalizedEvent
 from pricing.models import CostRate, MarginFlag, MarginSnapshot
 from pricing.services import RATES_BEGIN, RefreshResult, cost_rate_create, margins_refresh
+from tests import factories
+
+# Re-exported: the tests import them from here.
+from tests.factories import at as at
+from tests.factories import customer as customer
+from tests.factories import ev as ev
 
 D = Decimal
 MILLION = D(1_000_000)
@@ -33,37 +34,10 @@ LITELLM_FIXTURE = FIXTURES / "litellm_prices.json"
 # The real catalog, where the shared data is checked out beside the repository.
 LITELLM_REAL = Path(__file__).resolve().parents[2].parent / "shared/data/litellm_model_prices.json"
 
-_ids = itertools.count(1)
-
-
-def at(text: str) -> datetime:
-    """A UTC moment from 'YYYY-MM-DD[ HH:MM[:SS]]'."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def ev(
-    customer: str, when: str | datetime, model: str = "gpt-4o", **fields: Any
-) -> NormalizedEvent:
-    if "gpu_seconds" in fields:
-        fields["gpu_seconds"] = D(str(fields["gpu_seconds"]))
-    return NormalizedEvent(
-        event_id=f"pe-{next(_ids)}",
-        customer=customer,
-        timestamp=at(when) if isinstance(when, str) else when,
-        model=model,
-        **fields,
-    )
-
 
 def store(*events: NormalizedEvent) -> None:
     """One ingest batch through the real write path (any timestamp accepted)."""
-    src = Source.objects.get_or_create(name="pricing-tests")[0]
-    result = events_store(source_id=src.id, events=list(events), received_at=timezone.now())
-    assert result.accepted == len(events), result
-
-
-def customer(external_id: str = "acme", currency: str = "USD") -> Customer:
-    return customer_create(external_id=external_id, name=external_id.title(), currency=currency)
+    factories.store(*events, source="pricing-tests")
 
 
 def per_unit(metric: str, price: str, **kw: Any) -> ChargeInput:
