@@ -15,7 +15,6 @@ Preconditions and guarantees:
 
 from __future__ import annotations
 
-import calendar
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -73,21 +72,14 @@ class BillingPeriod:
         return (self.service_end - self.service_start).days
 
 
-def _add_month(day: date, anchor_day: int) -> date:
-    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
-    return date(year, month, min(anchor_day, calendar.monthrange(year, month)[1]))
-
-
 def subscription_periods(
     subscription: Subscription, *, ended_before: date | None = None
 ) -> Iterator[BillingPeriod]:
     """The subscription's billing periods, in order; with `ended_before`, only those
     whose period end is on or before that day."""
-    start, _ = rating.period_containing(
-        day=subscription.start_date, anchor_day=subscription.anchor_day
-    )
+    anchor_day = subscription.anchor_day
+    start, end = rating.period_containing(day=subscription.start_date, anchor_day=anchor_day)
     while True:
-        end = _add_month(start, subscription.anchor_day)
         if ended_before is not None and end > ended_before:
             return
         if subscription.end_date is not None and start >= subscription.end_date:
@@ -96,7 +88,7 @@ def subscription_periods(
         service_end = min(end, subscription.end_date) if subscription.end_date else end
         if service_start < service_end:
             yield BillingPeriod(start, end, service_start, service_end)
-        start = end
+        start, end = rating.period_containing(day=end, anchor_day=anchor_day)
 
 
 def period_for(subscription: Subscription, period_start: date) -> BillingPeriod:
