@@ -327,19 +327,13 @@ def _earlier_invoices(*, customer_ids: Sequence[int], before: date) -> QuerySet[
     )
 
 
-def _adjustment_lines(*, invoice: Invoice, history: _History | None = None) -> list[LineDraft]:
-    """Late usage of the customer's earlier finalized invoices, not yet billed. `history`:
-    the same data, read beforehand for many invoices at once."""
+def _adjustment_lines(*, invoice: Invoice, history: _History) -> list[LineDraft]:
+    """Late usage of the customer's earlier finalized invoices, not yet billed, from
+    `history` (read beforehand for this invoice's customer, or for many at once)."""
     if invoice.service_end != invoice.period_end:
         return []  # adjustments ride on the invoice that covers the end of the period
-    if history is not None:
-        earlier = history.earlier.get(invoice.customer_id, [])
-    else:
-        earlier = list(
-            _earlier_invoices(customer_ids=[invoice.customer_id], before=invoice.period_start)
-        )
     lines: list[LineDraft] = []
-    for old in earlier:
+    for old in history.earlier.get(invoice.customer_id, []):
         charges = list(old.subscription.plan.charges.all())
         if not charges:
             continue
@@ -350,35 +344,15 @@ def _adjustment_lines(*, invoice: Invoice, history: _History | None = None) -> l
             charges=charges,
             start=day_start(old.service_start),
             end=day_start(old.service_end),
-            rows=(
-                None
-                if history is None
-                else history.usage[(old.service_start, old.service_end)].get(customer, [])
-            ),
+            rows=history.usage[(old.service_start, old.service_end)].get(customer, []),
         )
         billed: dict[int, Decimal] = {c.id: Decimal(0) for c in charges}
-        if history is not None:
-            billed_lines = [
-                (line.charge_id, line.quantity)
-                for line in history.billing(old)
-                if (line.invoice_id == old.id and line.kind == InvoiceLine.Kind.USAGE)
+        for line in history.billing(old):
+            if (
+                (line.invoice_id == old.id and line.kind == InvoiceLine.Kind.USAGE)
                 or line.adjusts_invoice_id == old.id
-            ]
-        else:
-            billed_lines = list(
-                InvoiceLine.objects.filter(
-                    Q(invoice=old, kind=InvoiceLine.Kind.USAGE)
-                    | Q(
-                        adjusts_invoice=old,
-                        invoice__status__in=BILLED_STATUSES,
-                    )
-                )
-                .exclude(invoice=invoice)
-                .values_list("charge_id", "quantity")
-            )
-        for charge_id, quantity in billed_lines:
-            if charge_id in billed:
-                billed[charge_id] += quantity
+            ) and line.charge_id in billed:
+                billed[line.charge_id] += line.quantity
         for charge in charges:
             delta = now_quantities[charge.id] - billed[charge.id]
             if delta == 0:
@@ -404,19 +378,12 @@ def _adjustment_lines(*, invoice: Invoice, history: _History | None = None) -> l
                     adjusts_invoice=old,
                 )
             )
-        lines += _minimum_adjustment(
-            old=old, period=period, invoice=invoice, new=lines, history=history
-        )
+        lines += _minimum_adjustment(old=old, period=period, new=lines, history=history)
     return lines
 
 
 def _minimum_adjustment(
-    *,
-    old: Invoice,
-    period: BillingPeriod,
-    invoice: Invoice,
-    new: list[LineDraft],
-    history: _History | None = None,
+    *, old: Invoice, period: BillingPeriod, new: list[LineDraft], history: _History
 ) -> list[LineDraft]:
     """Late usage of a period with a minimum commitment first shrinks its true-up: the
     period is billed max(usage, minimum) in all, never usage on top of the true-up."""
@@ -432,38 +399,21 @@ def _minimum_adjustment(
         ),
         currency=currency,
     )
-    if history is not None:
-        billed = [
-            (line.kind, line.charge_id, line.amount)
-            for line in history.billing(old)
-            if (
-                line.invoice_id == old.id
-                and line.adjusts_invoice_id is None
-                and line.kind in (InvoiceLine.Kind.USAGE, InvoiceLine.Kind.MINIMUM)
-            )
-            or line.adjusts_invoice_id == old.id
-        ]
-    else:
-        billed = list(
-            InvoiceLine.objects.filter(
-                Q(
-                    invoice=old,
-                    adjusts_invoice__isnull=True,
-                    kind__in=(InvoiceLine.Kind.USAGE, InvoiceLine.Kind.MINIMUM),
-                )
-                | Q(adjusts_invoice=old, invoice__status__in=BILLED_STATUSES)
-            )
-            .exclude(invoice=invoice)
-            .values_list("kind", "charge_id", "amount")
-        )
     usage = Decimal(0)
     true_up = Decimal(0)
-    for kind, charge_id, amount in billed:
+    for line in history.billing(old):
+        own = (
+            line.invoice_id == old.id
+            and line.adjusts_invoice_id is None
+            and line.kind in (InvoiceLine.Kind.USAGE, InvoiceLine.Kind.MINIMUM)
+        )
+        if not own and line.adjusts_invoice_id != old.id:
+            continue
         # Usage lines and charge adjustments are usage; the rest is true-up.
-        if kind == InvoiceLine.Kind.USAGE or charge_id is not None:
-            usage += amount
+        if line.kind == InvoiceLine.Kind.USAGE or line.charge_id is not None:
+            usage += line.amount
         else:
-            true_up += amount
+            true_up += line.amount
     for line in new:
         if line.adjusts_invoice == old:
             usage += rating.round_money(amount=line.amount_exact, currency=currency)
@@ -565,7 +515,11 @@ def invoice_generate(
             invoice.service_start, invoice.service_end = period.service_start, period.service_end
             invoice.save(update_fields=["service_start", "service_end"])
         drafts = invoice_compute(subscription=subscription, period=period, rows=rows)
-        drafts += _adjustment_lines(invoice=invoice)
+        if invoice.service_end == invoice.period_end:
+            history = _History.read(
+                customer_ids=[invoice.customer_id], period_start=invoice.period_start
+            )
+            drafts += _adjustment_lines(invoice=invoice, history=history)
         _write_lines(invoice, drafts)
     return invoice
 
@@ -812,8 +766,7 @@ def _generate_together(
                 period=period,
                 rows=usage[subscription.customer.external_id],
             )
-            if invoice.customer_id in history.earlier:
-                drafts += _adjustment_lines(invoice=invoice, history=history)
+            drafts += _adjustment_lines(invoice=invoice, history=history)
             rows, invoice.total = _line_rows(invoice, drafts)
             invoice.computed_at = now
             lines += rows
