@@ -74,24 +74,17 @@ class CustomerPeriod:
         return tuple(sorted(d for d in days if self.start < d < self.end))
 
 
-def customer_periods(
-    *, period: date, customer_ids: Sequence[int] | None = None
-) -> list[CustomerPeriod]:
+def customer_periods(*, period: date) -> list[CustomerPeriod]:
     """Every customer's billing period starting in the month `period`, with the
     subscriptions overlapping it (plans and charges prefetched)."""
     month, following = selectors.month_start(period), selectors.next_month(period)
     customers = Customer.objects.order_by("id").only("id", "external_id", "name", "currency")
-    if customer_ids is not None:
-        customers = customers.filter(id__in=list(customer_ids))
     window_end = following + timedelta(days=31)  # a period starting in `month` ends by then
     subscriptions = list(
         Subscription.objects.filter(start_date__lt=window_end)
         .filter(Q(end_date__isnull=True) | Q(end_date__gt=month))
         .order_by("customer_id", "start_date", "id")
     )
-    if customer_ids is not None:
-        wanted = set(customer_ids)
-        subscriptions = [s for s in subscriptions if s.customer_id in wanted]
     # One instance per plan version, charges prefetched: shared by its subscriptions.
     plans = {
         plan.id: plan

@@ -646,7 +646,6 @@ def margins_refresh(
     *,
     period: date | None = None,
     as_of: datetime | None = None,
-    customer_ids: Sequence[int] | None = None,
     open_only: bool = False,
     chunk_size: int = REFRESH_CHUNK,
 ) -> RefreshResult:
@@ -659,7 +658,7 @@ def margins_refresh(
     result = RefreshResult(period=month, as_of=as_of)
     periods = [
         cp
-        for cp in customer_periods(period=month, customer_ids=customer_ids)
+        for cp in customer_periods(period=month)
         if day_start(cp.start) < as_of and (not open_only or day_start(cp.end) > as_of)
     ]
     # Usage is read for READ_CHUNK customers at a time (one pass over their rollups per
