@@ -14,18 +14,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from metering.fields import USAGE_METRICS
 from metering.models import Event
 from metering.selectors import usage_rows
 
-ROW_METRICS = (
-    "requests",
-    "input_tokens",
-    "cache_read_input_tokens",
-    "cache_write_input_tokens",
-    "output_tokens",
-    "reasoning_output_tokens",
-    "gpu_seconds",
-)
+ROW_METRICS = USAGE_METRICS
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ import psycopg
 import psycopg.errors
 from django.db import connection, transaction
 
+from metering.fields import SUMMED_FIELDS, TOKEN_FIELDS
 from metering.normalize import NormalizedEvent
 from metering.partitions import event_partitions_ensure_range
 
@@ -47,12 +48,7 @@ STAGING_COLUMNS = (
     "model",
     "provider",
     "hardware",
-    "input_tokens",
-    "cache_read_input_tokens",
-    "cache_write_input_tokens",
-    "output_tokens",
-    "reasoning_output_tokens",
-    "gpu_seconds",
+    *SUMMED_FIELDS,
     "latency_ms",
     "properties",
 )
@@ -67,11 +63,7 @@ STAGING_TYPES = (
     "text",
     "text",
     "text",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
+    *["bigint"] * len(TOKEN_FIELDS),
     "numeric",
     "integer",
     "jsonb",

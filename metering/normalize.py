@@ -19,6 +19,8 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from metering.fields import TOKEN_FIELDS
+
 MAX_ID_LENGTH = 128
 MAX_MODEL_LENGTH = 256
 MAX_LABEL_LENGTH = 128
@@ -36,13 +38,6 @@ MAX_GPU_SECONDS = Decimal("1e17")
 MAX_PROPERTY_NUMBER_DIGITS = 40
 _PROPERTY_NUMBER_LIMIT = 10**MAX_PROPERTY_NUMBER_DIGITS
 
-TOKEN_FIELDS = (
-    "input_tokens",
-    "cache_read_input_tokens",
-    "cache_write_input_tokens",
-    "output_tokens",
-    "reasoning_output_tokens",
-)
 NATIVE_FIELDS = frozenset(
     {
         "event_id",

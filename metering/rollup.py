@@ -22,22 +22,15 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 from django.utils import timezone
 
+from metering.fields import SUMMED_FIELDS
 from metering.models import IngestBatch
 
-SUMMED = (
-    "input_tokens",
-    "cache_read_input_tokens",
-    "cache_write_input_tokens",
-    "output_tokens",
-    "reasoning_output_tokens",
-    "gpu_seconds",
-)
 BUCKET = ("customer", "hour", "model", "hardware", "provider")
 
 _FOLD_SQL = f"""
-    INSERT INTO metering_usagerollup ({", ".join(BUCKET)}, requests, {", ".join(SUMMED)})
+    INSERT INTO metering_usagerollup ({", ".join(BUCKET)}, requests, {", ".join(SUMMED_FIELDS)})
     SELECT customer, date_trunc('hour', "timestamp" AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
-           model, hardware, provider, count(*), {", ".join(f"sum({c})" for c in SUMMED)}
+           model, hardware, provider, count(*), {", ".join(f"sum({c})" for c in SUMMED_FIELDS)}
     FROM metering_event
     WHERE batch_id = ANY(%s)
     GROUP BY 1, 2, 3, 4, 5
@@ -45,7 +38,7 @@ _FOLD_SQL = f"""
              provider COLLATE "C"
     ON CONFLICT ({", ".join(BUCKET)}) DO UPDATE SET
         requests = metering_usagerollup.requests + EXCLUDED.requests,
-        {", ".join(f"{c} = metering_usagerollup.{c} + EXCLUDED.{c}" for c in SUMMED)}
+        {", ".join(f"{c} = metering_usagerollup.{c} + EXCLUDED.{c}" for c in SUMMED_FIELDS)}
 """
 # ORDER BY above: concurrent folds touching the same buckets lock them in one order.
 # Byte order ("C"): the same order as the index's for the identifiers events carry, and
@@ -58,15 +51,15 @@ _FOLD_SETTINGS_SQL = "SELECT set_config('work_mem', '128MB', true), set_config('
 # SQLite stores datetimes as UTC text, so the hour is a string prefix; "WHERE true"
 # is SQLite's required disambiguation of INSERT … SELECT … ON CONFLICT.
 _FOLD_SQL_SQLITE = f"""
-    INSERT INTO metering_usagerollup ({", ".join(BUCKET)}, requests, {", ".join(SUMMED)})
+    INSERT INTO metering_usagerollup ({", ".join(BUCKET)}, requests, {", ".join(SUMMED_FIELDS)})
     SELECT customer, strftime('%%Y-%%m-%%d %%H:00:00', "timestamp"),
-           model, hardware, provider, count(*), {", ".join(f"sum({c})" for c in SUMMED)}
+           model, hardware, provider, count(*), {", ".join(f"sum({c})" for c in SUMMED_FIELDS)}
     FROM metering_event
     WHERE batch_id IN ({{ids}}) AND true
     GROUP BY 1, 2, 3, 4, 5
     ON CONFLICT ({", ".join(BUCKET)}) DO UPDATE SET
         requests = requests + excluded.requests,
-        {", ".join(f"{c} = {c} + excluded.{c}" for c in SUMMED)}
+        {", ".join(f"{c} = {c} + excluded.{c}" for c in SUMMED_FIELDS)}
 """
 
 

@@ -17,15 +17,9 @@ from typing import Any, Literal
 
 from django.db import connection, transaction
 
+from metering.fields import SUMMED_FIELDS, USAGE_METRICS
+
 GroupBy = Literal["model", "hardware", "day"]
-TOKEN_METRICS = (
-    "input_tokens",
-    "cache_read_input_tokens",
-    "cache_write_input_tokens",
-    "output_tokens",
-    "reasoning_output_tokens",
-)
-METRICS = ("requests", *TOKEN_METRICS, "gpu_seconds")
 GROUP_COLUMNS = ("customer", "model", "hardware", "provider", "day")
 SIX_PLACES = Decimal("0.000001")
 # PostgreSQL, for the read's own transaction: room to aggregate tens of thousands of
@@ -85,13 +79,12 @@ def usage_rows(
     else:
         edges = [(start, inner_start), (inner_end, end)]
     in_list = ", ".join(["%s"] * len(customers))
-    summed = ", ".join(TOKEN_METRICS)
+    summed = ", ".join(SUMMED_FIELDS)
     event_columns = (
-        f'customer, "timestamp" AS ts, model, hardware, provider, 1 AS requests, {summed}, '
-        "gpu_seconds"
+        f'customer, "timestamp" AS ts, model, hardware, provider, 1 AS requests, {summed}'
     )
     parts = [
-        f"SELECT customer, hour AS ts, model, hardware, provider, requests, {summed}, gpu_seconds "
+        f"SELECT customer, hour AS ts, model, hardware, provider, requests, {summed} "
         f"FROM metering_usagerollup WHERE customer IN ({in_list}) AND hour >= %s AND hour < %s",
         # The tail: events of batches not folded yet, anywhere in the range.
         f"SELECT {event_columns} FROM metering_event e "
@@ -114,7 +107,7 @@ def usage_rows(
         params += [*customers, at(edge_start), at(edge_end)]
     keys = [_day_expression("ts") if g == "day" else g for g in group]
     select_keys = "".join(f"{k} AS {g}, " for k, g in zip(keys, group, strict=True))
-    sums = ", ".join(f"COALESCE(SUM({m}), 0) AS {m}" for m in METRICS)
+    sums = ", ".join(f"COALESCE(SUM({m}), 0) AS {m}" for m in USAGE_METRICS)
     group_clause = f" GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}" if keys else ""
     sql = f"SELECT {select_keys}{sums} FROM ({' UNION ALL '.join(parts)}) usage{group_clause}"
     postgres = connection.vendor == "postgresql"
@@ -125,14 +118,14 @@ def usage_rows(
         names = [col[0] for col in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     for row in rows:
-        for metric in METRICS[:-1]:
+        for metric in USAGE_METRICS[:-1]:
             row[metric] = int(row[metric])
         row["gpu_seconds"] = Decimal(row["gpu_seconds"]).quantize(SIX_PLACES)
     return rows
 
 
 def _render(row: dict[str, Any]) -> dict[str, Any]:
-    out = {metric: row[metric] for metric in METRICS[:-1]}
+    out = {metric: row[metric] for metric in USAGE_METRICS[:-1]}
     out["gpu_seconds"] = format(row["gpu_seconds"], "f")
     return out
 

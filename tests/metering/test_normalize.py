@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from metering import normalize
+from metering.fields import TOKEN_FIELDS
 from metering.normalize import Limits, NormalizedEvent, cloud_event, native_event
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
@@ -341,7 +342,7 @@ def test_reasoning_above_output_rejected() -> None:
     assert "must not exceed output_tokens" in errors["reasoning_output_tokens"]
 
 
-@pytest.mark.parametrize("name", normalize.TOKEN_FIELDS)
+@pytest.mark.parametrize("name", TOKEN_FIELDS)
 @pytest.mark.parametrize("value", ["-1", "1.5", "true", '"12"', "[1]", "1e30"])
 def test_bad_token_count_names_the_field(name: str, value: str) -> None:
     raw = base(**{name: decode(value)})

@@ -14,13 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metering import normalize, services
+from metering.fields import TOKEN_FIELDS
 from metering.normalize import Limits, NativeFields, NormalizedEvent
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 LIMITS = Limits(received_at=NOW, max_age=timedelta(days=35), max_future=timedelta(minutes=5))
 _encoder = msgspec.json.Encoder(decimal_format="number")
 
-TOKENS = list(normalize.TOKEN_FIELDS)
+TOKENS = list(TOKEN_FIELDS)
 
 
 def _snapshot(event: NormalizedEvent | None) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from metering.fields import USAGE_METRICS
 from metering.normalize import CE_FIELDS, NATIVE_FIELDS
 
 
@@ -54,13 +55,5 @@ def test_usage_endpoint(schema: dict[str, Any]) -> None:
     body = component(schema, get["responses"]["200"]["content"]["application/json"]["schema"])
     assert set(body["properties"]) == {"customer", "start", "end", "totals", "groups"}
     totals = component(schema, body["properties"]["totals"])
-    assert set(totals["properties"]) == {
-        "requests",
-        "input_tokens",
-        "cache_read_input_tokens",
-        "cache_write_input_tokens",
-        "output_tokens",
-        "reasoning_output_tokens",
-        "gpu_seconds",
-    }
+    assert set(totals["properties"]) == set(USAGE_METRICS)
     assert totals["properties"]["gpu_seconds"]["type"] == "string"

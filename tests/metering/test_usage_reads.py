@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
+from metering.fields import USAGE_METRICS as METRICS
 from metering.ingest import events_store
 from metering.models import Source
 from metering.normalize import NormalizedEvent
 from metering.rollup import usage_rollup_fold
-from metering.selectors import METRICS, customer_usage, usage_rows
+from metering.selectors import customer_usage, usage_rows
 
 pytestmark = pytest.mark.django_db
 D = Decimal
