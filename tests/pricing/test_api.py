@@ -12,13 +12,7 @@ import pytest
 
 from pricing.models import CostRate
 from tests.pricing.helpers import (
-    customer,
-    ev,
-    per_unit,
-    plan,
     refresh,
-    store,
-    subscribe,
     token_rates,
 )
 
@@ -136,17 +130,7 @@ def test_rewriting_past_cost_is_refused(biller: httpx.Client) -> None:
 
 
 @pytest.fixture
-def april_margins() -> None:
-    token_rates("gpt-4o", output="10")
-    unlimited = plan("unlimited", flat_fee="30")
-    subscribe(customer("heavy"), unlimited)
-    subscribe(customer("light"), unlimited)
-    subscribe(customer("metered"), plan("payg", charges=[per_unit("output_tokens", "20")]))
-    store(
-        ev("heavy", "2026-04-03 10:00", output_tokens=5_000_000),  # 50.00
-        ev("light", "2026-04-04 10:00", output_tokens=100_000),  # 1.00
-        ev("metered", "2026-04-04 10:00", output_tokens=1_000_000),  # 10.00 cost, 20.00 revenue
-    )
+def april_margins(april_usage: None) -> None:
     refresh("2026-05-01 00:00")
 
 

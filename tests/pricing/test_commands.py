@@ -14,13 +14,8 @@ from django.core.management import CommandError, call_command
 from pricing.models import CostRate, MarginSnapshot
 from tests.pricing.helpers import (
     LITELLM_FIXTURE,
-    customer,
     ev,
-    per_unit,
-    plan,
     store,
-    subscribe,
-    token_rates,
 )
 
 pytestmark = pytest.mark.django_db
@@ -62,18 +57,8 @@ def test_import_cost_catalog_filters() -> None:
 
 
 @pytest.fixture
-def april() -> None:
-    token_rates("gpt-4o", output="10")
-    unlimited = plan("unlimited", flat_fee="30")
-    subscribe(customer("heavy"), unlimited)
-    subscribe(customer("light"), unlimited)
-    subscribe(customer("metered"), plan("payg", charges=[per_unit("output_tokens", "20")]))
-    store(
-        ev("heavy", "2026-04-03 10:00", output_tokens=5_000_000),
-        ev("light", "2026-04-04 10:00", output_tokens=100_000),
-        ev("metered", "2026-04-04 10:00", output_tokens=1_000_000),
-        ev("metered", "2026-04-04 11:00", "mystery-9b", output_tokens=10),
-    )
+def april(april_usage: None) -> None:
+    store(ev("metered", "2026-04-04 11:00", "mystery-9b", output_tokens=10))  # no rate
 
 
 def test_refresh_then_report_in_three_formats(april: None) -> None:
