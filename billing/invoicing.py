@@ -433,15 +433,6 @@ def _minimum_adjustment(
     ]
 
 
-def _write_lines(invoice: Invoice, drafts: list[LineDraft]) -> None:
-    invoice.lines.all().delete()
-    rows, total = _line_rows(invoice, drafts)
-    InvoiceLine.objects.bulk_create(rows)
-    invoice.total = total
-    invoice.computed_at = timezone.now()
-    invoice.save(update_fields=["total", "computed_at"])
-
-
 def _line_rows(invoice: Invoice, drafts: list[LineDraft]) -> tuple[list[InvoiceLine], Decimal]:
     """The rows of an invoice's lines, each rounded once, and their total."""
     rows = []
@@ -470,6 +461,51 @@ def _line_rows(invoice: Invoice, drafts: list[LineDraft]) -> tuple[list[InvoiceL
             )
         )
     return rows, total
+
+
+@dataclass(frozen=True, slots=True)
+class _Open:
+    """A locked open invoice to bring up to date, and what recomputing it takes."""
+
+    invoice: Invoice
+    subscription: Subscription
+    period: BillingPeriod
+    rows: list[UsageRow] | None  # its usage, read beforehand; None: read it here
+
+
+def _regenerate(items: Sequence[_Open], *, period_start: date, finalize: bool) -> None:
+    """Recompute locked open invoices of one period and write them back, in a handful of
+    statements whatever their number; with `finalize`, also number and freeze them.
+
+    The caller holds the subscription and invoice locks; the number sequence is locked
+    last, so only for the final writes."""
+    if not items:
+        return
+    history = _History.read(
+        customer_ids=[i.invoice.customer_id for i in items if i.period.service_end == i.period.end],
+        period_start=period_start,
+    )
+    now = timezone.now()
+    lines: list[InvoiceLine] = []
+    for item in items:
+        invoice, period = item.invoice, item.period
+        # A plan change recorded after the draft was made may have cut its service
+        # period; the draft follows (adjustments ride on whether it covers the end).
+        invoice.service_start, invoice.service_end = period.service_start, period.service_end
+        drafts = invoice_compute(subscription=item.subscription, period=period, rows=item.rows)
+        drafts += _adjustment_lines(invoice=invoice, history=history)
+        rows, invoice.total = _line_rows(invoice, drafts)
+        invoice.computed_at = now
+        lines += rows
+    invoices = [item.invoice for item in items]
+    InvoiceLine.objects.filter(invoice__in=invoices).delete()
+    _lines_insert(lines)
+    if finalize:
+        for invoice, number in zip(invoices, _next_numbers(len(invoices)), strict=True):
+            invoice.number = number
+            invoice.status = Invoice.Status.FINALIZED
+            invoice.finalized_at = now
+    _invoices_update(invoices)
 
 
 # --- generate / finalize / void ------------------------------------------------------------
@@ -506,30 +542,14 @@ def invoice_generate(
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if not invoice.is_open:
             return invoice
-        # A plan change recorded after the draft was made may have cut its service
-        # period; the draft follows (adjustments ride on whether it covers the end).
-        if (invoice.service_start, invoice.service_end) != (
-            period.service_start,
-            period.service_end,
-        ):
-            invoice.service_start, invoice.service_end = period.service_start, period.service_end
-            invoice.save(update_fields=["service_start", "service_end"])
-        drafts = invoice_compute(subscription=subscription, period=period, rows=rows)
-        if invoice.service_end == invoice.period_end:
-            history = _History.read(
-                customer_ids=[invoice.customer_id], period_start=invoice.period_start
-            )
-            drafts += _adjustment_lines(invoice=invoice, history=history)
-        _write_lines(invoice, drafts)
+        _regenerate(
+            [_Open(invoice, subscription, period, rows)], period_start=period.start, finalize=False
+        )
     return invoice
 
 
 class InvoiceStateError(Exception):
     pass
-
-
-def _next_number() -> str:
-    return _next_numbers(1)[0]
 
 
 def _next_numbers(count: int) -> list[str]:
@@ -552,20 +572,20 @@ def invoice_finalize(*, invoice_id: int, rows: list[UsageRow] | None = None) -> 
         subscription_id = Invoice.objects.values_list("subscription_id", flat=True).get(
             pk=invoice_id
         )
-        Subscription.objects.select_for_update().only("pk").get(pk=subscription_id)
+        subscription = (
+            Subscription.objects.select_for_update(of=("self",))
+            .select_related("plan", "customer")
+            .get(pk=subscription_id)
+        )
         invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
         if invoice.status in BILLED_STATUSES:
             return invoice
         if invoice.status != Invoice.Status.DRAFT:
             raise InvoiceStateError(f"invoice {invoice_id} is {invoice.status}; cannot finalize")
-        invoice_generate(
-            subscription_id=invoice.subscription_id, period_start=invoice.period_start, rows=rows
+        period = period_for(subscription, invoice.period_start)
+        _regenerate(
+            [_Open(invoice, subscription, period, rows)], period_start=period.start, finalize=True
         )
-        invoice.refresh_from_db()
-        invoice.number = _next_number()
-        invoice.status = Invoice.Status.FINALIZED
-        invoice.finalized_at = timezone.now()
-        invoice.save(update_fields=["number", "status", "finalized_at"])
     return invoice
 
 
@@ -738,47 +758,15 @@ def _generate_together(
             ],
             ignore_conflicts=True,
         )
-        invoices = [
-            invoice
-            for invoice in Invoice.objects.select_for_update()
-            .filter(subscription_id__in=list(by_id), period_start=period_start)
-            .order_by("subscription_id")
-            if invoice.is_open
-        ]
-        history = _History.read(
-            customer_ids=[
-                i.customer_id
-                for i in invoices
-                if periods[i.subscription_id].service_end == periods[i.subscription_id].end
-            ],
-            period_start=period_start,
+        invoices = Invoice.objects.select_for_update().filter(
+            subscription_id__in=list(by_id), period_start=period_start
         )
-        now = timezone.now()
-        lines: list[InvoiceLine] = []
-        for invoice in invoices:
-            subscription = by_id[invoice.subscription_id]
-            period = periods[subscription.id]
-            # A plan change recorded after the draft was made may have cut its service
-            # period; the draft follows (adjustments ride on whether it covers the end).
-            invoice.service_start, invoice.service_end = period.service_start, period.service_end
-            drafts = invoice_compute(
-                subscription=subscription,
-                period=period,
-                rows=usage[subscription.customer.external_id],
-            )
-            drafts += _adjustment_lines(invoice=invoice, history=history)
-            rows, invoice.total = _line_rows(invoice, drafts)
-            invoice.computed_at = now
-            lines += rows
-        InvoiceLine.objects.filter(invoice__in=invoices).delete()
-        _lines_insert(lines)
-        if finalize and invoices:
-            # Last, so the sequence row is locked only for the final writes.
-            for invoice, number in zip(invoices, _next_numbers(len(invoices)), strict=True):
-                invoice.number = number
-                invoice.status = Invoice.Status.FINALIZED
-                invoice.finalized_at = now
-        _invoices_update(invoices)
+        opens: list[_Open] = []
+        for invoice in invoices.order_by("subscription_id"):
+            if invoice.is_open:
+                s = by_id[invoice.subscription_id]
+                opens.append(_Open(invoice, s, periods[s.id], usage[s.customer.external_id]))
+        _regenerate(opens, period_start=period_start, finalize=finalize)
     return len(by_id), stragglers
 
 
