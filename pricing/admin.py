@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from pricing import services
-from pricing.models import CostRate, MarginFlag, MarginSnapshot, ReferencePlan
+from pricing.models import PER_MILLION_TOKENS, CostRate, MarginFlag, MarginSnapshot, ReferencePlan
 
 RATE_FIELDS = (
     "kind",
@@ -34,9 +34,8 @@ RATE_FIELDS = (
 
 class CostRateForm(forms.ModelForm):
     usd_per_million_tokens = forms.DecimalField(
+        **PER_MILLION_TOKENS,
         required=False,
-        max_digits=30,
-        decimal_places=12,
         help_text="Instead of USD per token: the price per million tokens.",
     )
 

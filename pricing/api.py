@@ -19,7 +19,7 @@ from metering.api import _parse_time
 from metering.auth import scope_required
 from metering.models import SCOPE_BILLING, SCOPE_READ
 from pricing import reports, selectors, services
-from pricing.models import CostRate
+from pricing.models import GPU_HOUR_RATE, PER_MILLION_TOKENS, PER_TOKEN, UTILIZATION, CostRate
 from pricing.simulate import SimulationError, plan_simulate
 
 MAX_LIMIT = 1000
@@ -40,23 +40,19 @@ class CostRateSerializer(serializers.Serializer):
     token_class = serializers.ChoiceField(
         choices=CostRate.TokenClass.choices, required=False, help_text="Token rates."
     )
-    usd_per_token = serializers.DecimalField(
-        max_digits=30, decimal_places=18, required=False, coerce_to_string=True
-    )
+    usd_per_token = serializers.DecimalField(**PER_TOKEN, required=False, coerce_to_string=True)
     usd_per_million_tokens = serializers.DecimalField(
-        max_digits=30,
-        decimal_places=12,
+        **PER_MILLION_TOKENS,
         required=False,
         coerce_to_string=True,
         help_text="Alternative to usd_per_token when creating.",
     )
     hardware = serializers.CharField(required=False, help_text="GPU rates: the hardware type.")
     gpu_hour_rate = serializers.DecimalField(
-        max_digits=20, decimal_places=6, required=False, help_text="GPU rates: USD per GPU-hour."
+        **GPU_HOUR_RATE, required=False, help_text="GPU rates: USD per GPU-hour."
     )
     utilization = serializers.DecimalField(
-        max_digits=5,
-        decimal_places=4,
+        **UTILIZATION,
         required=False,
         help_text="GPU rates: 0 < u ≤ 1 (default 1). A GPU-second costs rate / 3600 / u.",
     )

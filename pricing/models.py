@@ -24,6 +24,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 PER_TOKEN = {"max_digits": 30, "decimal_places": 18}  # $0.000000075 keeps 9 spare places
+PER_MILLION_TOKENS = {"max_digits": 30, "decimal_places": 12}  # input only: stored per token
+GPU_HOUR_RATE = {"max_digits": 20, "decimal_places": 6}
+UTILIZATION = {"max_digits": 5, "decimal_places": 4}
 MONEY = {"max_digits": 30, "decimal_places": 12}  # exact enough to sum millions of rows
 QUANTITY = {"max_digits": 30, "decimal_places": 6}
 MILLION = Decimal(1_000_000)
@@ -62,11 +65,10 @@ class CostRate(models.Model):
     usd_per_token = models.DecimalField(**PER_TOKEN, null=True, blank=True)
     hardware = models.CharField(max_length=128, blank=True, default="")
     gpu_hour_rate = models.DecimalField(
-        max_digits=20, decimal_places=6, null=True, blank=True, help_text="USD per GPU-hour."
+        **GPU_HOUR_RATE, null=True, blank=True, help_text="USD per GPU-hour."
     )
     utilization = models.DecimalField(
-        max_digits=5,
-        decimal_places=4,
+        **UTILIZATION,
         null=True,
         blank=True,
         help_text="Share of paid GPU time that serves requests, 0 < u ≤ 1.",
