@@ -344,6 +344,27 @@ def _plan_revenue(
     return PlanRevenue(revenue=accrued, floor=floor, projector=projector)
 
 
+def revenue_on_plan(*, figures: MarginFigures, plan: Plan) -> Decimal:
+    """What the figures' usage would bring on `plan` over the same service days, rated by
+    the billing engine (accrued so far when the period is open)."""
+    cp = figures.cp
+    service_start = min((bp.service_start for _, bp in cp.subscriptions), default=cp.start)
+    service_end = max((bp.service_end for _, bp in cp.subscriptions), default=cp.end)
+    hypothetical = Subscription(
+        customer=figures.customer,
+        plan=plan,
+        start_date=service_start,
+        anchor_day=cp.subscriptions[-1][0].anchor_day if cp.subscriptions else 1,
+    )
+    return plan_revenue(
+        subscription=hypothetical,
+        bp=BillingPeriod(cp.start, cp.end, service_start, service_end),
+        rows=figures.rows,
+        as_of=figures.as_of,
+        is_open=figures.is_open,
+    ).revenue
+
+
 def _group_key(cp: CustomerPeriod) -> tuple[date, date, tuple[date, ...]]:
     return (cp.start, cp.end, cp.edges)
 

@@ -32,8 +32,7 @@ from django.db.models import JSONField
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from billing.invoicing import BillingPeriod
-from billing.models import Plan, Subscription
+from billing.models import Plan
 from pricing import selectors
 from pricing.alerts import flags_notify
 from pricing.margins import (
@@ -45,7 +44,7 @@ from pricing.margins import (
     margins_compute,
     margins_read,
     money,
-    plan_revenue,
+    revenue_on_plan,
 )
 from pricing.models import MILLION, CostRate, MarginFlag, MarginSnapshot, ReferencePlan
 
@@ -411,19 +410,7 @@ def insights_compute(*, figures: MarginFigures, reference: Plan | None) -> dict[
         "cache_read_share": None,
     }
     if reference is not None and reference.currency == figures.currency:
-        cp = figures.cp
-        service_start = min((bp.service_start for _, bp in cp.subscriptions), default=cp.start)
-        service_end = max((bp.service_end for _, bp in cp.subscriptions), default=cp.end)
-        hypothetical = Subscription(
-            customer=figures.customer, plan=reference, start_date=service_start
-        )
-        amount = plan_revenue(
-            subscription=hypothetical,
-            bp=BillingPeriod(cp.start, cp.end, service_start, service_end),
-            rows=figures.rows,
-            as_of=figures.as_of,
-            is_open=figures.is_open,
-        ).revenue
+        amount = revenue_on_plan(figures=figures, plan=reference)
         out["reference_amount"] = format(amount, "f")
     if cost > 0 and fee is not None:
         # Cost grows with usage at the customer's own model mix: usage per dollar × fee.

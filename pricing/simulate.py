@@ -16,10 +16,9 @@ from typing import Any
 from django.db.models import Prefetch
 from django.utils import timezone
 
-from billing.invoicing import BillingPeriod
-from billing.models import Charge, Plan, Subscription
+from billing.models import Charge, Plan
 from pricing import selectors
-from pricing.margins import customer_periods, day_start, margins_compute, plan_revenue
+from pricing.margins import customer_periods, day_start, margins_compute, revenue_on_plan
 
 CHUNK = 2000
 
@@ -121,21 +120,7 @@ def plan_simulate(
                     }
                 )
                 continue
-            service_start = min(bp.service_start for _, bp in cp.subscriptions)
-            service_end = max(bp.service_end for _, bp in cp.subscriptions)
-            candidate = Subscription(
-                customer=fig.customer,
-                plan=plan,
-                start_date=service_start,
-                anchor_day=cp.subscriptions[-1][0].anchor_day,
-            )
-            revenue_now = plan_revenue(
-                subscription=candidate,
-                bp=BillingPeriod(cp.start, cp.end, service_start, service_end),
-                rows=fig.rows,
-                as_of=as_of,
-                is_open=fig.is_open,
-            ).revenue
+            revenue_now = revenue_on_plan(figures=fig, plan=plan)
             result.rows.append(
                 SimulationRow(
                     customer=fig.customer.external_id,
