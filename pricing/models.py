@@ -27,7 +27,9 @@ PER_TOKEN = {"max_digits": 30, "decimal_places": 18}  # $0.000000075 keeps 9 spa
 PER_MILLION_TOKENS = {"max_digits": 30, "decimal_places": 12}  # input only: stored per token
 GPU_HOUR_RATE = {"max_digits": 20, "decimal_places": 6}
 UTILIZATION = {"max_digits": 5, "decimal_places": 4}
-MONEY = {"max_digits": 30, "decimal_places": 12}  # exact enough to sum millions of rows
+# 12 places keep a per-token price times a token count exact; 18 integer digits leave room
+# for sums over many rows.
+MONEY = {"max_digits": 30, "decimal_places": 12}
 QUANTITY = {"max_digits": 30, "decimal_places": 6}
 MILLION = Decimal(1_000_000)
 SECONDS_PER_HOUR = Decimal(3600)

@@ -16,10 +16,10 @@ from billing.models import Invoice, InvoiceLine
 from metering.selectors import usage_rows
 from pricing.models import RATE_KEY_FIELDS, CostRate, MarginFlag, MarginSnapshot
 
-# Customers per usage query. Measured on 7M hourly rollup rows: up to ~1,000 customers
-# PostgreSQL reads their rollups through the index (about 11 CPU-seconds for all 10,000
-# customers' month); from ~2,000 it scans the whole table each time (more than twice
-# that).
+# Customers per usage query. Chosen by trying chunk sizes with bench/margin.py (7M hourly
+# rollup rows; figures not recorded in the repo): around 1,000 customers PostgreSQL read
+# their rollups through the index; at ~2,000 it switched to scanning the whole table.
+# Re-measure with bench/margin.py before changing it.
 USAGE_CHUNK = 1000
 GROUP = ("customer", "model", "hardware", "provider")
 

@@ -506,8 +506,8 @@ def _snapshots_upsert(snapshots: list[dict[str, Any]], *, as_of: datetime) -> se
     """Insert or replace snapshots (column values by attribute name; one per customer and
     period), except where a snapshot as of a later moment exists. Returns the customer
     ids written. On PostgreSQL through COPY into a staging table and one INSERT … ON
-    CONFLICT: thousands of rows with their JSON breakdowns cost milliseconds, not the
-    seconds of building model instances and one huge statement."""
+    CONFLICT, rather than building model instances and one huge statement (not timed on
+    its own; bench/margin.py times the whole refresh)."""
     if not snapshots:
         return set()
     if connection.vendor != "postgresql":
