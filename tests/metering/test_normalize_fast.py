@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from metering import normalize, services
 from metering.fields import TOKEN_FIELDS
-from metering.normalize import Limits, NativeFields, NormalizedEvent
+from metering.normalize import Limits, NativeFields, NormalizedEvent, fast
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 LIMITS = Limits(received_at=NOW, max_age=timedelta(days=35), max_future=timedelta(minutes=5))
@@ -296,7 +296,7 @@ def test_realistic_events_take_the_fast_path_and_agree() -> None:
     assert assert_same_answers(body) == len(REALISTIC)
     for item in services._native_decoder.decode(body):
         assert isinstance(item, NativeFields)
-        assert normalize._native_clean(item, LIMITS) is not None
+        assert fast._native_clean(item, LIMITS) is not None
 
 
 @pytest.mark.parametrize(

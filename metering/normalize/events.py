@@ -1,0 +1,298 @@
+"""Native events and CloudEvents: the generic path, which names every bad field."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from metering.fields import TOKEN_FIELDS
+from metering.normalize.checks import (
+    MAX_CE_SOURCE_LENGTH,
+    MAX_CE_TYPE_LENGTH,
+    MAX_ID_LENGTH,
+    MAX_LABEL_LENGTH,
+    MAX_LATENCY_MS,
+    MAX_MODEL_LENGTH,
+    Errors,
+    Limits,
+    _count,
+    _gpu_seconds,
+    _properties,
+    _string,
+    _timestamp,
+)
+from metering.normalize.shapes import _otel_tokens, _usage_tokens
+
+NATIVE_FIELDS = frozenset(
+    {
+        "event_id",
+        "customer",
+        "timestamp",
+        "model",
+        "provider",
+        "hardware",
+        "gpu_seconds",
+        "latency_ms",
+        "properties",
+        "usage",
+        "attributes",
+        *TOKEN_FIELDS,
+    }
+)
+# Inside a CloudEvent, identity, customer and time come from the envelope.
+CE_DATA_FIELDS = NATIVE_FIELDS - {"event_id", "customer", "timestamp"}
+CE_FIELDS = frozenset(
+    {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"}
+    | {"dataschema"}
+)
+
+_json_encoder = msgspec.json.Encoder(decimal_format="number", order="sorted")
+
+
+@dataclass(slots=True)
+class NormalizedEvent:
+    event_id: str
+    customer: str
+    timestamp: datetime
+    model: str
+    provider: str = ""
+    hardware: str = ""
+    input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_output_tokens: int = 0
+    gpu_seconds: Decimal = Decimal(0)
+    latency_ms: int | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    ce_source: str = ""
+    ce_type: str = ""
+    # Whether the sender gave the timestamp; a defaulted one is not part of the content.
+    timestamp_given: bool = True
+
+    def properties_json(self) -> str:
+        if not self.properties:
+            return "{}"
+        return _json_encoder.encode(self.properties).decode()
+
+    def key_hash(self, *, source_id: int) -> bytes:
+        """128-bit idempotency key. CloudEvents are keyed by (source, id) alone, as the
+        spec makes them globally unique; native events by (our source, event_id)."""
+        if self.ce_source:
+            raw = f"ce\x1f{self.ce_source}\x1f{self.event_id}"
+        else:
+            raw = f"native\x1f{source_id}\x1f{self.event_id}"
+        return hashlib.blake2b(raw.encode(), digest_size=16).digest()
+
+    def content_hash(self) -> bytes:
+        return self.content_hash_from(
+            timestamp_iso=self.timestamp.isoformat(), properties_json=self.properties_json()
+        )
+
+    def content_hash_from(self, *, timestamp_iso: str, properties_json: str) -> bytes:
+        """The content hash, given the timestamp's isoformat() and properties_json(),
+        which a writer that needs them anyway has already computed: the fields that
+        make two sends of one event the same content, joined by U+001F."""
+        ts = timestamp_iso if self.timestamp_given else ""
+        latency = "" if self.latency_ms is None else self.latency_ms
+        text = (
+            f"{self.customer}\x1f{ts}\x1f{self.model}\x1f{self.provider}\x1f{self.hardware}"
+            f"\x1f{self.input_tokens}\x1f{self.cache_read_input_tokens}"
+            f"\x1f{self.cache_write_input_tokens}\x1f{self.output_tokens}"
+            f"\x1f{self.reasoning_output_tokens}\x1f{self.gpu_seconds:f}\x1f{latency}"
+            f"\x1f{properties_json}\x1f{self.ce_type}"
+        )
+        return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _fill_usage(
+    raw: dict[str, Any], event: NormalizedEvent, *, prefix: str, errors: Errors
+) -> None:
+    """Token counts, from the canonical fields or from `usage` / `attributes`."""
+    has_tokens = any(name in raw for name in TOKEN_FIELDS)
+    sources = [name for name in ("usage", "attributes") if raw.get(name) is not None]
+    if len(sources) + has_tokens > 1:
+        errors[f"{prefix}usage"] = "give token fields, usage or attributes, only one of them"
+        return
+    local: Errors = {}
+    if sources == ["usage"]:
+        tokens = _usage_tokens(raw["usage"], provider=event.provider, errors=local)
+    elif sources == ["attributes"]:
+        attributes = raw["attributes"]
+        tokens = _otel_tokens(attributes, errors=local)
+        if isinstance(attributes, dict):
+            if not event.model:
+                model = attributes.get("gen_ai.response.model") or attributes.get(
+                    "gen_ai.request.model"
+                )
+                if (
+                    isinstance(model, str)
+                    and 0 < len(model) <= MAX_MODEL_LENGTH
+                    and "\x00" not in model
+                ):
+                    event.model = model
+            if not event.provider:
+                provider = attributes.get("gen_ai.provider.name") or attributes.get("gen_ai.system")
+                if (
+                    isinstance(provider, str)
+                    and len(provider) <= MAX_LABEL_LENGTH
+                    and "\x00" not in provider
+                ):
+                    event.provider = provider
+    else:
+        tokens = {name: _count(raw.get(name), name=name, errors=local) for name in TOKEN_FIELDS}
+    for key, message in local.items():
+        errors[prefix + key] = message
+    for name, value in tokens.items():
+        setattr(event, name, value)
+    if not local:
+        if event.cache_read_input_tokens + event.cache_write_input_tokens > event.input_tokens:
+            errors[f"{prefix}cache_read_input_tokens"] = (
+                "cache_read_input_tokens + cache_write_input_tokens must not exceed input_tokens"
+            )
+        if event.reasoning_output_tokens > event.output_tokens:
+            errors[f"{prefix}reasoning_output_tokens"] = (
+                "reasoning_output_tokens must not exceed output_tokens"
+            )
+
+
+def _fill_body(raw: dict[str, Any], event: NormalizedEvent, *, prefix: str, errors: Errors) -> None:
+    """The fields a native event and a CloudEvent's data share."""
+    event.provider = _string(
+        raw.get("provider"),
+        name=f"{prefix}provider",
+        errors=errors,
+        max_length=MAX_LABEL_LENGTH,
+        required=False,
+    )
+    event.hardware = _string(
+        raw.get("hardware"),
+        name=f"{prefix}hardware",
+        errors=errors,
+        max_length=MAX_LABEL_LENGTH,
+        required=False,
+    )
+    model = raw.get("model")
+    if model is not None or "attributes" not in raw:
+        event.model = _string(
+            model, name=f"{prefix}model", errors=errors, max_length=MAX_MODEL_LENGTH, required=True
+        )
+    _fill_usage(raw, event, prefix=prefix, errors=errors)
+    if not event.model and f"{prefix}model" not in errors:
+        errors[f"{prefix}model"] = "is required (or gen_ai.request.model in attributes)"
+    event.gpu_seconds = _gpu_seconds(
+        raw.get("gpu_seconds"), name=f"{prefix}gpu_seconds", errors=errors
+    )
+    latency = raw.get("latency_ms")
+    if latency is not None:
+        event.latency_ms = _count(latency, name=f"{prefix}latency_ms", errors=errors)
+        if event.latency_ms > MAX_LATENCY_MS:
+            errors[f"{prefix}latency_ms"] = f"must be at most {MAX_LATENCY_MS}"
+    event.properties = _properties(raw.get("properties"), name=f"{prefix}properties", errors=errors)
+
+
+def _unknown(raw: dict[str, Any], allowed: frozenset[str], *, prefix: str, errors: Errors) -> None:
+    for key in raw:
+        if key not in allowed:
+            errors[f"{prefix}{key}"] = "is not a known field"
+
+
+def native_event(raw: Any, *, limits: Limits) -> tuple[NormalizedEvent | None, Errors]:
+    if not isinstance(raw, dict):
+        return None, {"event": "must be a JSON object"}
+    errors: Errors = {}
+    event = NormalizedEvent(
+        event_id=_string(
+            raw.get("event_id"),
+            name="event_id",
+            errors=errors,
+            max_length=MAX_ID_LENGTH,
+            required=True,
+        ),
+        customer=_string(
+            raw.get("customer"),
+            name="customer",
+            errors=errors,
+            max_length=MAX_ID_LENGTH,
+            required=True,
+        ),
+        timestamp=limits.received_at,
+        model="",
+    )
+    if raw.get("timestamp") is None:
+        event.timestamp_given = False
+    else:
+        event.timestamp = (
+            _timestamp(raw["timestamp"], name="timestamp", errors=errors, limits=limits)
+            or limits.received_at
+        )
+    _fill_body(raw, event, prefix="", errors=errors)
+    _unknown(raw, NATIVE_FIELDS, prefix="", errors=errors)
+    return (None, errors) if errors else (event, errors)
+
+
+def cloud_event(raw: Any, *, limits: Limits) -> tuple[NormalizedEvent | None, Errors]:
+    if not isinstance(raw, dict):
+        return None, {"event": "must be a JSON object (a CloudEvent)"}
+    errors: Errors = {}
+    if raw.get("specversion") != "1.0":
+        errors["specversion"] = 'must be "1.0"'
+    event = NormalizedEvent(
+        event_id=_string(
+            raw.get("id"), name="id", errors=errors, max_length=MAX_ID_LENGTH, required=True
+        ),
+        customer=_string(
+            raw.get("subject"),
+            name="subject",
+            errors=errors,
+            max_length=MAX_ID_LENGTH,
+            required=True,
+        ),
+        timestamp=limits.received_at,
+        model="",
+        ce_source=_string(
+            raw.get("source"),
+            name="source",
+            errors=errors,
+            max_length=MAX_CE_SOURCE_LENGTH,
+            required=True,
+        ),
+        ce_type=_string(
+            raw.get("type"),
+            name="type",
+            errors=errors,
+            max_length=MAX_CE_TYPE_LENGTH,
+            required=True,
+        ),
+    )
+    if raw.get("time") is None:
+        event.timestamp_given = False
+    else:
+        event.timestamp = (
+            _timestamp(raw["time"], name="time", errors=errors, limits=limits) or limits.received_at
+        )
+    content_type = raw.get("datacontenttype")
+    if content_type is not None and content_type != "application/json":
+        errors["datacontenttype"] = 'must be "application/json" when given'
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        errors["data"] = "must be an object with the event's fields (model, tokens or usage, …)"
+    else:
+        _fill_body(data, event, prefix="data.", errors=errors)
+        _unknown(data, CE_DATA_FIELDS, prefix="data.", errors=errors)
+    _unknown(raw, CE_FIELDS, prefix="", errors=errors)
+    return (None, errors) if errors else (event, errors)
+
+
+def raw_event_id(raw: Any, *, cloudevents: bool) -> str | None:
+    """The id to echo back beside a rejection, when the sender gave a usable one."""
+    if isinstance(raw, dict):
+        value = raw.get("id" if cloudevents else "event_id")
+        if isinstance(value, str):
+            return value[:MAX_ID_LENGTH]
+    return None
