@@ -15,8 +15,8 @@ from django.db import transaction
 from billing import invoicing
 
 # Subscriptions per invoice task: one transaction of about twenty statements whatever its
-# size (see invoicing._generate_together), so bigger chunks spread the fixed cost further;
-# 100 made about 10 % more invoices per second than 50 in bench/invoice.py.
+# size (see billing.invoicing.chunk._generate_together), so bigger chunks spread the fixed
+# cost further; 100 made about 10 % more invoices per second than 50 in bench/invoice.py.
 CHUNK_SIZE = 100
 RETRY = {
     "acks_late": True,

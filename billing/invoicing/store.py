@@ -1,0 +1,82 @@
+"""Writing recomputed invoices back: lines by COPY, invoice fields in one UPDATE."""
+
+from __future__ import annotations
+
+from django.db import connection
+from psycopg.types.json import Jsonb
+
+from billing.models import Invoice, InvoiceLine
+
+_LINE_COLUMNS = (
+    "invoice_id",
+    "position",
+    "kind",
+    "charge_id",
+    "description",
+    "metric",
+    "filter",
+    "quantity",
+    "included_units",
+    "billable_quantity",
+    "unit_price",
+    "unit_size",
+    "tiers_applied",
+    "amount_exact",
+    "amount",
+    "adjusts_invoice_id",
+)
+
+
+_JSON_COLUMNS = {"filter", "tiers_applied"}
+
+
+def _lines_insert(lines: list[InvoiceLine]) -> None:
+    """Insert invoice lines; on PostgreSQL with COPY (a tenth of bulk_create's time)."""
+    if connection.vendor != "postgresql":
+        InvoiceLine.objects.bulk_create(lines, batch_size=500)
+        return
+    columns = ", ".join(_LINE_COLUMNS)
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY billing_invoiceline ({columns}) FROM STDIN") as copy,
+    ):
+        for line in lines:
+            copy.write_row(
+                [
+                    Jsonb(getattr(line, c)) if c in _JSON_COLUMNS else getattr(line, c)
+                    for c in _LINE_COLUMNS
+                ]
+            )
+
+
+_INVOICE_FIELDS = (
+    "service_start",
+    "service_end",
+    "total",
+    "computed_at",
+    "number",
+    "status",
+    "finalized_at",
+)
+
+
+_INVOICES_UPDATE_SQL = f"""
+    UPDATE billing_invoice AS i SET {", ".join(f"{f} = v.{f}" for f in _INVOICE_FIELDS)}
+    FROM unnest(%s::bigint[], %s::date[], %s::date[], %s::numeric[], %s::timestamptz[],
+                %s::text[], %s::text[], %s::timestamptz[])
+        AS v(id, {", ".join(_INVOICE_FIELDS)})
+    WHERE i.id = v.id
+"""
+
+
+def _invoices_update(invoices: list[Invoice]) -> None:
+    """Write the computed fields of many invoices back in one statement."""
+    if not invoices:
+        return
+    if connection.vendor != "postgresql":
+        Invoice.objects.bulk_update(invoices, _INVOICE_FIELDS, batch_size=500)
+        return
+    columns = [[i.id for i in invoices]]
+    columns += [[getattr(i, f) for i in invoices] for f in _INVOICE_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(_INVOICES_UPDATE_SQL, columns)
