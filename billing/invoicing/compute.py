@@ -3,6 +3,7 @@ and the stored rows of computed lines."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,14 +84,7 @@ def _scaled_spec(charge: Charge, period: BillingPeriod) -> rating.PriceSpec:
     if period.service_days == period.days or not spec.included_units:
         return spec
     included = spec.included_units * period.service_days / period.days
-    return rating.PriceSpec(
-        price_model=spec.price_model,
-        unit_size=spec.unit_size,
-        unit_price=spec.unit_price,
-        tiers=spec.tiers,
-        package_size=spec.package_size,
-        included_units=included,
-    )
+    return dataclasses.replace(spec, included_units=included)
 
 
 def _usage_line(charge: Charge, spec: rating.PriceSpec, quantity: Decimal) -> LineDraft:
