@@ -47,8 +47,17 @@ NATIVE_FIELDS = frozenset(
 # Inside a CloudEvent, identity, customer and time come from the envelope.
 CE_DATA_FIELDS = NATIVE_FIELDS - {"event_id", "customer", "timestamp"}
 CE_FIELDS = frozenset(
-    {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"}
-    | {"dataschema"}
+    {
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "subject",
+        "time",
+        "datacontenttype",
+        "dataschema",
+        "data",
+    }
 )
 
 _json_encoder = msgspec.json.Encoder(decimal_format="number", order="sorted")
@@ -127,23 +136,13 @@ def _fill_usage(
         tokens = _otel_tokens(attributes, errors=local)
         if isinstance(attributes, dict):
             if not event.model:
-                model = attributes.get("gen_ai.response.model") or attributes.get(
-                    "gen_ai.request.model"
+                event.model = _attribute_label(
+                    attributes, "gen_ai.response.model", "gen_ai.request.model", MAX_MODEL_LENGTH
                 )
-                if (
-                    isinstance(model, str)
-                    and 0 < len(model) <= MAX_MODEL_LENGTH
-                    and "\x00" not in model
-                ):
-                    event.model = model
             if not event.provider:
-                provider = attributes.get("gen_ai.provider.name") or attributes.get("gen_ai.system")
-                if (
-                    isinstance(provider, str)
-                    and len(provider) <= MAX_LABEL_LENGTH
-                    and "\x00" not in provider
-                ):
-                    event.provider = provider
+                event.provider = _attribute_label(
+                    attributes, "gen_ai.provider.name", "gen_ai.system", MAX_LABEL_LENGTH
+                )
     else:
         tokens = {name: _count(raw.get(name), name=name, errors=local) for name in TOKEN_FIELDS}
     for key, message in local.items():
@@ -159,6 +158,26 @@ def _fill_usage(
             errors[f"{prefix}reasoning_output_tokens"] = (
                 "reasoning_output_tokens must not exceed output_tokens"
             )
+
+
+def _attribute_label(attributes: dict[str, Any], name: str, fallback: str, max_length: int) -> str:
+    """An OTel attribute that names the model or provider, when it is a usable one."""
+    value = attributes.get(name) or attributes.get(fallback)
+    if isinstance(value, str) and 0 < len(value) <= max_length and "\x00" not in value:
+        return value
+    return ""
+
+
+def _fill_timestamp(
+    event: NormalizedEvent, value: Any, *, name: str, errors: Errors, limits: Limits
+) -> None:
+    """The event's time; a missing one is the time received, not part of the content."""
+    if value is None:
+        event.timestamp_given = False
+    else:
+        event.timestamp = (
+            _timestamp(value, name=name, errors=errors, limits=limits) or limits.received_at
+        )
 
 
 def _fill_body(raw: dict[str, Any], event: NormalizedEvent, *, prefix: str, errors: Errors) -> None:
@@ -180,7 +199,11 @@ def _fill_body(raw: dict[str, Any], event: NormalizedEvent, *, prefix: str, erro
     model = raw.get("model")
     if model is not None or "attributes" not in raw:
         event.model = _string(
-            model, name=f"{prefix}model", errors=errors, max_length=MAX_MODEL_LENGTH, required=True
+            model,
+            name=f"{prefix}model",
+            errors=errors,
+            max_length=MAX_MODEL_LENGTH,
+            required=True,
         )
     _fill_usage(raw, event, prefix=prefix, errors=errors)
     if not event.model and f"{prefix}model" not in errors:
@@ -224,13 +247,7 @@ def native_event(raw: Any, *, limits: Limits) -> tuple[NormalizedEvent | None, E
         timestamp=limits.received_at,
         model="",
     )
-    if raw.get("timestamp") is None:
-        event.timestamp_given = False
-    else:
-        event.timestamp = (
-            _timestamp(raw["timestamp"], name="timestamp", errors=errors, limits=limits)
-            or limits.received_at
-        )
+    _fill_timestamp(event, raw.get("timestamp"), name="timestamp", errors=errors, limits=limits)
     _fill_body(raw, event, prefix="", errors=errors)
     _unknown(raw, NATIVE_FIELDS, prefix="", errors=errors)
     return (None, errors) if errors else (event, errors)
@@ -244,7 +261,11 @@ def cloud_event(raw: Any, *, limits: Limits) -> tuple[NormalizedEvent | None, Er
         errors["specversion"] = 'must be "1.0"'
     event = NormalizedEvent(
         event_id=_string(
-            raw.get("id"), name="id", errors=errors, max_length=MAX_ID_LENGTH, required=True
+            raw.get("id"),
+            name="id",
+            errors=errors,
+            max_length=MAX_ID_LENGTH,
+            required=True,
         ),
         customer=_string(
             raw.get("subject"),
@@ -270,12 +291,7 @@ def cloud_event(raw: Any, *, limits: Limits) -> tuple[NormalizedEvent | None, Er
             required=True,
         ),
     )
-    if raw.get("time") is None:
-        event.timestamp_given = False
-    else:
-        event.timestamp = (
-            _timestamp(raw["time"], name="time", errors=errors, limits=limits) or limits.received_at
-        )
+    _fill_timestamp(event, raw.get("time"), name="time", errors=errors, limits=limits)
     content_type = raw.get("datacontenttype")
     if content_type is not None and content_type != "application/json":
         errors["datacontenttype"] = 'must be "application/json" when given'

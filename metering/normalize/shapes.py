@@ -16,6 +16,11 @@ OTEL_USAGE = {
 }
 
 
+def _at(usage: dict[str, Any], key: str, *, prefix: str, errors: Errors) -> int:
+    """The count `usage[key]`, named `prefix.key` when it is bad."""
+    return _count(usage.get(key), name=f"{prefix}.{key}", errors=errors)
+
+
 def _nested(usage: dict[str, Any], key: str, inner: str, *, prefix: str, errors: Errors) -> int:
     details = usage.get(key)
     if details is None:
@@ -23,7 +28,7 @@ def _nested(usage: dict[str, Any], key: str, inner: str, *, prefix: str, errors:
     if not isinstance(details, dict):
         errors[f"{prefix}.{key}"] = "must be an object"
         return 0
-    return _count(details.get(inner), name=f"{prefix}.{key}.{inner}", errors=errors)
+    return _at(details, inner, prefix=f"{prefix}.{key}", errors=errors)
 
 
 def _usage_tokens(usage: Any, *, provider: str, errors: Errors) -> dict[str, int]:
@@ -36,24 +41,9 @@ def _usage_tokens(usage: Any, *, provider: str, errors: Errors) -> dict[str, int
     if "promptTokenCount" in usage or "candidatesTokenCount" in usage:
         return _gemini(usage, prefix="usage", errors=errors)
     if "prompt_tokens" in usage or "completion_tokens" in usage:
-        return {
-            "input_tokens": _count(
-                usage.get("prompt_tokens"), name="usage.prompt_tokens", errors=errors
-            ),
-            "cache_read_input_tokens": _nested(
-                usage, "prompt_tokens_details", "cached_tokens", prefix="usage", errors=errors
-            ),
-            "output_tokens": _count(
-                usage.get("completion_tokens"), name="usage.completion_tokens", errors=errors
-            ),
-            "reasoning_output_tokens": _nested(
-                usage,
-                "completion_tokens_details",
-                "reasoning_tokens",
-                prefix="usage",
-                errors=errors,
-            ),
-        }
+        return _openai(
+            usage, input_name="prompt_tokens", output_name="completion_tokens", errors=errors
+        )
     if "input_tokens" in usage or "output_tokens" in usage:
         anthropic = (
             "cache_read_input_tokens" in usage
@@ -66,40 +56,8 @@ def _usage_tokens(usage: Any, *, provider: str, errors: Errors) -> dict[str, int
             or "total_tokens" in usage
         )
         if anthropic and not openai_responses:
-            # Anthropic's input_tokens excludes cached input; canonical input includes it.
-            uncached = _count(usage.get("input_tokens"), name="usage.input_tokens", errors=errors)
-            read = _count(
-                usage.get("cache_read_input_tokens"),
-                name="usage.cache_read_input_tokens",
-                errors=errors,
-            )
-            write = _count(
-                usage.get("cache_creation_input_tokens"),
-                name="usage.cache_creation_input_tokens",
-                errors=errors,
-            )
-            return {
-                "input_tokens": uncached + read + write,
-                "cache_read_input_tokens": read,
-                "cache_write_input_tokens": write,
-                "output_tokens": _count(
-                    usage.get("output_tokens"), name="usage.output_tokens", errors=errors
-                ),
-            }
-        return {
-            "input_tokens": _count(
-                usage.get("input_tokens"), name="usage.input_tokens", errors=errors
-            ),
-            "cache_read_input_tokens": _nested(
-                usage, "input_tokens_details", "cached_tokens", prefix="usage", errors=errors
-            ),
-            "output_tokens": _count(
-                usage.get("output_tokens"), name="usage.output_tokens", errors=errors
-            ),
-            "reasoning_output_tokens": _nested(
-                usage, "output_tokens_details", "reasoning_tokens", prefix="usage", errors=errors
-            ),
-        }
+            return _anthropic(usage, errors=errors)
+        return _openai(usage, input_name="input_tokens", output_name="output_tokens", errors=errors)
     errors["usage"] = (
         "is not a recognised usage object (OpenAI chat or responses, Anthropic, "
         "Gemini usageMetadata)"
@@ -107,21 +65,43 @@ def _usage_tokens(usage: Any, *, provider: str, errors: Errors) -> dict[str, int
     return {}
 
 
-def _gemini(usage: dict[str, Any], *, prefix: str, errors: Errors) -> dict[str, int]:
-    thoughts = _count(
-        usage.get("thoughtsTokenCount"), name=f"{prefix}.thoughtsTokenCount", errors=errors
-    )
-    candidates = _count(
-        usage.get("candidatesTokenCount"), name=f"{prefix}.candidatesTokenCount", errors=errors
-    )
+def _openai(
+    usage: dict[str, Any], *, input_name: str, output_name: str, errors: Errors
+) -> dict[str, int]:
+    """OpenAI chat (prompt_/completion_tokens) or responses (input_/output_tokens) usage:
+    the same shape under two sets of names, details beside each count."""
     return {
-        "input_tokens": _count(
-            usage.get("promptTokenCount"), name=f"{prefix}.promptTokenCount", errors=errors
+        "input_tokens": _at(usage, input_name, prefix="usage", errors=errors),
+        "cache_read_input_tokens": _nested(
+            usage, f"{input_name}_details", "cached_tokens", prefix="usage", errors=errors
         ),
-        "cache_read_input_tokens": _count(
-            usage.get("cachedContentTokenCount"),
-            name=f"{prefix}.cachedContentTokenCount",
-            errors=errors,
+        "output_tokens": _at(usage, output_name, prefix="usage", errors=errors),
+        "reasoning_output_tokens": _nested(
+            usage, f"{output_name}_details", "reasoning_tokens", prefix="usage", errors=errors
+        ),
+    }
+
+
+def _anthropic(usage: dict[str, Any], *, errors: Errors) -> dict[str, int]:
+    # Anthropic's input_tokens excludes cached input; canonical input includes it.
+    uncached = _at(usage, "input_tokens", prefix="usage", errors=errors)
+    read = _at(usage, "cache_read_input_tokens", prefix="usage", errors=errors)
+    write = _at(usage, "cache_creation_input_tokens", prefix="usage", errors=errors)
+    return {
+        "input_tokens": uncached + read + write,
+        "cache_read_input_tokens": read,
+        "cache_write_input_tokens": write,
+        "output_tokens": _at(usage, "output_tokens", prefix="usage", errors=errors),
+    }
+
+
+def _gemini(usage: dict[str, Any], *, prefix: str, errors: Errors) -> dict[str, int]:
+    thoughts = _at(usage, "thoughtsTokenCount", prefix=prefix, errors=errors)
+    candidates = _at(usage, "candidatesTokenCount", prefix=prefix, errors=errors)
+    return {
+        "input_tokens": _at(usage, "promptTokenCount", prefix=prefix, errors=errors),
+        "cache_read_input_tokens": _at(
+            usage, "cachedContentTokenCount", prefix=prefix, errors=errors
         ),
         # Gemini reports thinking tokens beside the candidates, not inside them.
         "output_tokens": candidates + thoughts,
