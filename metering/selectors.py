@@ -133,11 +133,18 @@ def _render(row: dict[str, Any]) -> dict[str, Any]:
 def customer_usage(
     *, customer: str, start: datetime, end: datetime, group_by: GroupBy | None = None
 ) -> UsageReport:
-    """Every stored event of `customer` with start <= timestamp < end, counted once."""
-    totals = usage_rows(customers=[customer], start=start, end=end, group=())[0]
-    groups: list[dict[str, Any]] = []
-    if group_by is not None:
-        rows = usage_rows(customers=[customer], start=start, end=end, group=(group_by,))
+    """Every stored event of `customer` with start <= timestamp < end, counted once.
+
+    With `group_by`, the totals are the sums of the groups: one read, so both come
+    from the same snapshot."""
+    group = () if group_by is None else (group_by,)
+    rows = usage_rows(customers=[customer], start=start, end=end, group=group)
+    if group_by is None:
+        totals, groups = rows[0], []
+    else:
+        totals = {m: sum(row[m] for row in rows) for m in USAGE_METRICS[:-1]}
+        gpu_seconds = sum((row["gpu_seconds"] for row in rows), Decimal(0))
+        totals["gpu_seconds"] = gpu_seconds.quantize(SIX_PLACES)
         groups = [{group_by: row[group_by], **_render(row)} for row in rows]
     return UsageReport(
         customer=customer, start=start, end=end, totals=_render(totals), groups=groups
