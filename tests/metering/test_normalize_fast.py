@@ -97,6 +97,28 @@ gpu = st.one_of(
     st.decimals(allow_nan=False, allow_infinity=False, places=2).map(str),
     st.sampled_from(["1.5", " 2 ", "abc", "-1", "1e3", True, 3, -3]),
 )
+# Properties with one value at or just past a limit.
+PROPERTY_EDGES = [
+    {"team": "a\x00"},
+    {"a\x00": "x"},
+    {"k" * 64: "x"},
+    {"k" * 65: "x"},
+    {"v": "v" * 256},
+    {"v": "v" * 257},
+    {"n": 10**39},
+    {"n": 10**40},
+    {"n": Decimal("1e39")},
+    {"n": Decimal("1e40")},
+    {"n": Decimal("1e-40")},
+    {"n": Decimal("1e-41")},
+    {"n": Decimal("1.5")},
+    {"b": False},
+    {"l": [1]},
+    {"o": {}},
+    {"z": None},
+    {f"k{i}": "v" for i in range(32)},
+    {f"k{i}": "v" for i in range(33)},
+]
 properties = st.one_of(
     st.dictionaries(
         st.sampled_from(["region", "team", "", "k" * 65, "a\x00"]),
@@ -105,29 +127,7 @@ properties = st.one_of(
     ),
     st.sampled_from([[], "x", 3]),
     # One value at an edge beside ordinary ones.
-    st.sampled_from(
-        [
-            {"team": "a\x00"},
-            {"a\x00": "x"},
-            {"k" * 64: "x"},
-            {"k" * 65: "x"},
-            {"v": "v" * 256},
-            {"v": "v" * 257},
-            {"n": 10**39},
-            {"n": 10**40},
-            {"n": Decimal("1e39")},
-            {"n": Decimal("1e40")},
-            {"n": Decimal("1e-40")},
-            {"n": Decimal("1e-41")},
-            {"n": Decimal("1.5")},
-            {"b": False},
-            {"l": [1]},
-            {"o": {}},
-            {"z": None},
-            {f"k{i}": "v" for i in range(32)},
-            {f"k{i}": "v" for i in range(33)},
-        ]
-    ).map(lambda edge: {"region": "eu", **edge, "stream": True}),
+    st.sampled_from(PROPERTY_EDGES).map(lambda edge: {"region": "eu", **edge, "stream": True}),
 )
 usage = st.one_of(
     st.fixed_dictionaries(
@@ -381,27 +381,9 @@ EDGE_VALUES: dict[str, list[Any]] = {
         [],
         "x",
         {},
-        {"team": "a\x00"},
-        {"a\x00": "x"},
         {"": "x"},
-        {"k" * 64: "x"},
-        {"k" * 65: "x"},
-        {"v": "v" * 256},
-        {"v": "v" * 257},
-        {"n": 10**39},
-        {"n": 10**40},
         {"n": -(10**40)},
-        {"n": Decimal("1e39")},
-        {"n": Decimal("1e40")},
-        {"n": Decimal("1e-40")},
-        {"n": Decimal("1e-41")},
-        {"n": Decimal("1.5")},
-        {"b": False},
-        {"l": [1]},
-        {"o": {}},
-        {"z": None},
-        {f"k{i}": "v" for i in range(32)},
-        {f"k{i}": "v" for i in range(33)},
+        *PROPERTY_EDGES,
         DELETE,
     ],
     "usage": [
