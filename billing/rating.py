@@ -244,14 +244,6 @@ def minimum_true_up(*, usage_amount: Decimal, minimum: Decimal | None) -> Decima
         return max(_ZERO, minimum - usage_amount)
 
 
-def month_period(*, year: int, month: int) -> tuple[datetime.date, datetime.date]:
-    """Calendar month as a half-open range [first day, first day of next month)."""
-    if not 1 <= month <= 12:
-        raise RatingError("month", "must be between 1 and 12")
-    start = datetime.date(year, month, 1)
-    return start, _add_month(start)
-
-
 def period_containing(
     *, day: datetime.date, anchor_day: int = 1
 ) -> tuple[datetime.date, datetime.date]:
@@ -263,13 +255,6 @@ def period_containing(
     if day.day < anchor_day:
         start = _add_month(start, months=-1)
     return start, _add_month(start)
-
-
-def days_between(start: datetime.date, end: datetime.date) -> int:
-    """Number of days in the half-open range [start, end)."""
-    if end < start:
-        raise RatingError("end", "must not be before start")
-    return (end - start).days
 
 
 def _add_month(day: datetime.date, *, months: int = 1) -> datetime.date:

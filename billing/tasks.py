@@ -37,11 +37,6 @@ def invoices_chunk_generate_task(subscription_ids: list[int], period_start: str,
     )
 
 
-@shared_task(**RETRY)
-def invoice_finalize_task(invoice_id: int) -> None:
-    invoicing.invoice_finalize(invoice_id=invoice_id)
-
-
 def invoices_dispatch(*, as_of: datetime) -> int:
     """Enqueue generation of every due period, in chunks of subscriptions sharing a
     period start. Returns the number of chunks. Enqueued on commit."""

@@ -166,7 +166,7 @@ class EventsView(APIView):
         return events_post(request._request)
 
 
-def _parse_time(value: str | None, *, name: str) -> datetime | None:
+def parse_instant(value: str | None, *, name: str) -> datetime | None:
     if value is None or value == "":
         return None
     try:
@@ -202,8 +202,8 @@ class CustomerUsageView(APIView):
     def get(self, request: Request, customer: str) -> Response:
         default_start, default_end = current_month(timezone.now())
         try:
-            start = _parse_time(request.query_params.get("start"), name="start") or default_start
-            end = _parse_time(request.query_params.get("end"), name="end") or default_end
+            start = parse_instant(request.query_params.get("start"), name="start") or default_start
+            end = parse_instant(request.query_params.get("end"), name="end") or default_end
         except ValueError as exc:
             return Response({"detail": str(exc)}, status=400)
         if end <= start:

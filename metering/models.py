@@ -10,7 +10,6 @@ idempotency keys live in their own unpartitioned table, `EventKey`.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from typing import ClassVar
 
@@ -79,16 +78,6 @@ class ApiKey(models.Model):
         if len(parts) != 3 or parts[0] != API_KEY_PREFIX or not parts[1] or not parts[2]:
             return None
         return parts[1], parts[2]
-
-    def secret_matches(self, secret: str) -> bool:
-        return hmac.compare_digest(self.secret_hash, self.hash_secret(secret))
-
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None
-
-    def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes
 
 
 class IngestBatch(models.Model):

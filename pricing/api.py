@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from metering.api import _parse_time
+from metering.api import parse_instant
 from metering.auth import scope_required
 from metering.models import SCOPE_BILLING, SCOPE_READ
 from pricing import reports, selectors, services
@@ -145,7 +145,7 @@ class CostRatesView(APIView):
     def get(self, request: Request) -> Response:
         params = request.query_params
         try:
-            at = _parse_time(params.get("at"), name="at")
+            at = parse_instant(params.get("at"), name="at")
             limit, offset = _page(request)
         except ValueError as exc:
             return Response({"detail": str(exc)}, status=400)
@@ -221,7 +221,7 @@ class CostRatesView(APIView):
             start: Any = (
                 datetime.fromisoformat(raw_start).date()
                 if len(raw_start) == 10
-                else _parse_time(raw_start, name="effective_from")
+                else parse_instant(raw_start, name="effective_from")
             )
         except ValueError as exc:
             return _bad({"effective_from": str(exc).split(": ", 1)[-1]})

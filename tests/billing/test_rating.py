@@ -15,9 +15,7 @@ from billing.rating import (
     RatingError,
     Tier,
     currency_exponent,
-    days_between,
     minimum_true_up,
-    month_period,
     period_containing,
     prorate,
     rate,
@@ -325,16 +323,10 @@ def test_minimum_true_up() -> None:
 # --- periods ------------------------------------------------------------------------------------
 
 
-def test_month_period() -> None:
-    start, end = month_period(year=2024, month=2)
+def test_calendar_month_period() -> None:
+    start, end = period_containing(day=datetime.date(2024, 2, 10))
     assert (start, end) == (datetime.date(2024, 2, 1), datetime.date(2024, 3, 1))
-    assert days_between(start, end) == 29  # leap year
-    assert month_period(year=2023, month=12) == (
-        datetime.date(2023, 12, 1),
-        datetime.date(2024, 1, 1),
-    )
-    with pytest.raises(RatingError):
-        month_period(year=2024, month=13)
+    assert (end - start).days == 29  # leap year
 
 
 @pytest.mark.parametrize(
@@ -358,9 +350,6 @@ def test_period_helpers_reject_bad_input() -> None:
     with pytest.raises(RatingError) as excinfo:
         period_containing(day=datetime.date(2024, 1, 1), anchor_day=29)
     assert excinfo.value.field == "anchor_day"
-    with pytest.raises(RatingError):
-        days_between(datetime.date(2024, 2, 1), datetime.date(2024, 1, 1))
-    assert days_between(datetime.date(2024, 1, 15), datetime.date(2024, 2, 15)) == 31
 
 
 # --- properties ---------------------------------------------------------------------------------
