@@ -1,12 +1,14 @@
 """The ingest write path: validated events in, each stored exactly once.
 
-PostgreSQL: the batch is COPYed into a per-connection temporary staging table,
-then one statement claims the idempotency keys (`INSERT … ON CONFLICT DO
-NOTHING RETURNING`) and inserts exactly the events whose keys it claimed. Two
-requests racing on the same key both try the key insert; PostgreSQL lets one
+PostgreSQL, in one transaction: one statement claims the batch's idempotency keys
+(`INSERT … SELECT FROM unnest(keys) ON CONFLICT DO NOTHING RETURNING`, the keys
+sent as two array parameters), then the events whose keys it claimed are COPYed
+straight into the partitioned event table, which routes each row to its month.
+Two requests racing on the same key both try the key insert; PostgreSQL lets one
 win and the other wait for it and skip, so no event lands twice. Keys go in
 sorted order so that two overlapping batches lock keys in the same order and
-cannot deadlock each other.
+cannot deadlock each other. Below COPY_THRESHOLD events, one autocommitted
+statement over a VALUES list does claim and insert together.
 
 SQLite (the embedded demo default) takes the same steps row by row inside one
 IMMEDIATE transaction, which serialises writers.
@@ -17,7 +19,6 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-import weakref
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 # Below this many events a multi-row VALUES list beats the COPY round trips.
 COPY_THRESHOLD = 16
 
-STAGING_COLUMNS = (
+# The columns of one event row as the VALUES path sends it, with their types.
+ROW_COLUMNS = (
     "key_hash",
     "content_hash",
     "event_id",
@@ -52,7 +54,7 @@ STAGING_COLUMNS = (
     "latency_ms",
     "properties",
 )
-STAGING_TYPES = (
+ROW_TYPES = (
     "uuid",
     "uuid",
     "text",
@@ -68,18 +70,13 @@ STAGING_TYPES = (
     "integer",
     "jsonb",
 )
-_COLUMN_LIST = ", ".join(STAGING_COLUMNS)
-_STAGING_DDL = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS ingest_staging ("
-    + ", ".join(f"{c} {t}" for c, t in zip(STAGING_COLUMNS, STAGING_TYPES, strict=True))
-    + ") ON COMMIT DELETE ROWS"
-)
+_COLUMN_LIST = ", ".join(ROW_COLUMNS)
 
 
 def _insert_sql(*, staging: str, values_cte: str = "") -> str:
     """The claim-and-insert statement over a staging relation aliased `s`."""
-    columns = ", ".join(c for c in STAGING_COLUMNS if c != "content_hash")
-    event_columns = ", ".join(f"s.{c}" for c in STAGING_COLUMNS if c != "content_hash")
+    columns = ", ".join(c for c in ROW_COLUMNS if c != "content_hash")
+    event_columns = ", ".join(f"s.{c}" for c in ROW_COLUMNS if c != "content_hash")
     return f"""
         WITH {values_cte} batch AS (
             INSERT INTO metering_ingestbatch (source_id, received_at)
@@ -120,21 +117,44 @@ def _values_sql(n_rows: int) -> tuple[str, str]:
 
 def _values_cte(n_rows: int) -> str:
     rows = ", ".join(
-        "(" + ", ".join(f"%(v{i}_{j})s::{t}" for j, t in enumerate(STAGING_TYPES)) + ")"
+        "(" + ", ".join(f"%(v{i}_{j})s::{t}" for j, t in enumerate(ROW_TYPES)) + ")"
         for i in range(n_rows)
     )
     return f"s ({_COLUMN_LIST}) AS (VALUES {rows}),"
 
 
-_COPY_INSERT_SQL = _insert_sql(staging="ingest_staging AS s")
-_COPY_CONFLICTS_SQL = _conflicts_sql(staging="ingest_staging AS s")
-_COPY_SQL = f"COPY ingest_staging ({_COLUMN_LIST}) FROM STDIN"
-# Tabs in a COPY line of the staging table: one between each two of its columns.
-_COPY_TABS = len(STAGING_COLUMNS) - 1
-
-# The psycopg connections whose temporary staging table exists (created in a committed
-# transaction), so the DDL is sent once per connection, not once per request.
-_staging_ready: weakref.WeakSet[Any] = weakref.WeakSet()
+# The COPY path. The claim statement takes the keys as two uuid[] parameters (text,
+# hex digits; PostgreSQL parses an array of 1,000 in microseconds) and returns the
+# batch id, how many keys it claimed and, only when that is not all of them, which.
+_CLAIM_SQL = """
+    WITH batch AS (
+        INSERT INTO metering_ingestbatch (source_id, received_at)
+        VALUES (%(source_id)s, %(received_at)s) RETURNING id
+    ), claimed AS (
+        INSERT INTO metering_eventkey (key_hash, content_hash)
+        SELECT k, c FROM unnest(%(keys)s::uuid[], %(contents)s::uuid[]) AS t (k, c) ORDER BY k
+        ON CONFLICT DO NOTHING
+        RETURNING key_hash
+    )
+    SELECT (SELECT id FROM batch), count(*),
+           CASE WHEN count(*) < %(n)s THEN string_agg(replace(key_hash::text, '-', ''), ',') END
+    FROM claimed
+"""
+# Of the keys that were already stored, those whose content differs from this send.
+_CLAIM_CONFLICTS_SQL = """
+    SELECT replace(t.k::text, '-', '')
+    FROM unnest(%(keys)s::uuid[], %(contents)s::uuid[]) AS t (k, c)
+    JOIN metering_eventkey e ON e.key_hash = t.k
+    WHERE e.content_hash <> t.c
+"""
+EVENT_COPY_COLUMNS = (
+    "batch_id",
+    "source_id",
+    *(c for c in ROW_COLUMNS if c != "content_hash"),
+)
+_COPY_SQL = f"COPY metering_event ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
+# Tabs in a COPY line: one between each two of its columns.
+_COPY_TABS = len(EVENT_COPY_COLUMNS) - 1
 
 
 @dataclass
@@ -149,6 +169,8 @@ class IngestResult:
 class _Row:
     key: bytes
     content: bytes
+    # The key as 32 hex digits, which PostgreSQL reads as a uuid.
+    key_hex: str
     event: NormalizedEvent
     # The event's timestamp.isoformat() and properties_json(), computed once for the
     # content hash and the row.
@@ -168,7 +190,7 @@ def _dedupe(
         content = event.content_hash_from(timestamp_iso=timestamp, properties_json=properties)
         seen = first.get(key)
         if seen is None:
-            first[key] = _Row(key, content, event, timestamp, properties)
+            first[key] = _Row(key, content, key.hex(), event, timestamp, properties)
             continue
         result.duplicates += 1
         if seen.content != content:
@@ -207,9 +229,10 @@ def _copy_escape(value: str) -> str:
     )
 
 
-def _copy_line(row: _Row, escape: Any = None) -> str:
-    """One staging row in COPY text format. Only the sender's strings can hold a
-    character COPY treats specially; numbers, hashes and timestamps never do."""
+def _copy_line(row: _Row, prefix: str, escape: Any = None) -> str:
+    """One event row in COPY text format, after `prefix` (batch and source ids). Only
+    the sender's strings can hold a character COPY treats specially; numbers, hashes
+    and timestamps never do."""
     e = row.event
     event_id, ce_source, ce_type, customer, model, provider, hardware, properties = (
         e.event_id,
@@ -228,7 +251,7 @@ def _copy_line(row: _Row, escape: Any = None) -> str:
         model, provider, hardware, properties = map(escape, (model, provider, hardware, properties))
     latency = "\\N" if e.latency_ms is None else e.latency_ms
     return (
-        f"{row.key.hex()}\t{row.content.hex()}\t{event_id}\t{ce_source}\t{ce_type}"
+        f"{prefix}{row.key_hex}\t{event_id}\t{ce_source}\t{ce_type}"
         f"\t{customer}\t{row.timestamp}\t{model}\t{provider}\t{hardware}"
         f"\t{e.input_tokens}\t{e.cache_read_input_tokens}\t{e.cache_write_input_tokens}"
         f"\t{e.output_tokens}\t{e.reasoning_output_tokens}\t{e.gpu_seconds:f}\t{latency}"
@@ -236,19 +259,20 @@ def _copy_line(row: _Row, escape: Any = None) -> str:
     )
 
 
-def _copy_text(rows: list[_Row]) -> bytes:
+def _copy_text(rows: list[_Row], *, batch_id: int, source_id: int) -> bytes:
     """The rows in COPY text format. Built without escaping, then checked as a whole:
     if any sender string held a backslash, tab, newline or carriage return, the rows
     are built again with each such string escaped. (The only backslashes of our own
     are the \\N of missing latencies.)"""
-    text = "".join([_copy_line(row) for row in rows])
+    prefix = f"{batch_id}\t{source_id}\t"
+    text = "".join([_copy_line(row, prefix) for row in rows])
     if (
         text.count("\t") != _COPY_TABS * len(rows)
         or text.count("\n") != len(rows)
         or text.count("\\") != sum(row.event.latency_ms is None for row in rows)
         or "\r" in text
     ):
-        text = "".join([_copy_line(row, _copy_escape) for row in rows])
+        text = "".join([_copy_line(row, prefix, _copy_escape) for row in rows])
     return text.encode()
 
 
@@ -276,12 +300,6 @@ def events_store(
                     raise
                 timestamps = [row.event.timestamp for row in rows]
                 event_partitions_ensure_range(start=min(timestamps), end=max(timestamps))
-            except psycopg.errors.UndefinedTable:
-                # The staging table this connection was known to have is gone (a
-                # DISCARD TEMP, a pooler handing out another session): make it again.
-                if attempt == 2:
-                    raise
-                _staging_ready.discard(connection.connection)
             except psycopg.errors.DeadlockDetected:
                 # Sorted keys make this rare (a batch deduplicated against a concurrent
                 # one still waits on its keys); the whole transaction rolled back, so a
@@ -297,7 +315,6 @@ def events_store(
 _RETRIED_ERRORS = (
     psycopg.errors.CheckViolation,
     psycopg.errors.DeadlockDetected,
-    psycopg.errors.UndefinedTable,
 )
 
 
@@ -323,8 +340,6 @@ def _store_postgres(
 ) -> None:
     params: dict[str, Any] = {"source_id": source_id, "received_at": received_at}
     conflicts: list[str] = []
-    # Inside an outer transaction (a test, a management command) ON COMMIT DELETE ROWS
-    # does not fire between calls, so the staging rows are cleared by hand.
     nested = connection.in_atomic_block
     if len(rows) < COPY_THRESHOLD:
         insert_sql, conflicts_sql = _values_sql(len(rows))
@@ -345,26 +360,25 @@ def _store_postgres(
                     cursor.execute(conflicts_sql, params, prepare=True)
                     conflicts.extend(r[0] for r in cursor.fetchall())
     else:
-        copy_text = _copy_text(rows)
+        params["keys"] = "{" + ",".join([row.key_hex for row in rows]) + "}"
+        params["contents"] = "{" + ",".join([row.content.hex() for row in rows]) + "}"
+        params["n"] = len(rows)
         with transaction.atomic(), connection.wrap_database_errors:
             connection.ensure_connection()
-            pg = connection.connection
-            with psycopg.Cursor(pg) as cursor:
-                staging_ready = pg in _staging_ready
-                if not staging_ready:
-                    cursor.execute(_STAGING_DDL)
-                with cursor.copy(_COPY_SQL) as copy:
-                    copy.write(copy_text)
-                cursor.execute(_COPY_INSERT_SQL, params, prepare=True)
-                batch_id, accepted = cursor.fetchone()
+            with psycopg.Cursor(connection.connection) as cursor:
+                cursor.execute(_CLAIM_SQL, params, prepare=True)
+                batch_id, accepted, claimed_keys = cursor.fetchone()
+                claimed = rows
                 if accepted < len(rows):
-                    cursor.execute(_COPY_CONFLICTS_SQL, prepare=True)
-                    conflicts.extend(r[0] for r in cursor.fetchall())
-                if nested:
-                    cursor.execute("DELETE FROM ingest_staging")
-        if not nested and not staging_ready:
-            # Committed: the table now outlives this transaction on this connection.
-            _staging_ready.add(pg)
+                    kept = set(claimed_keys.split(",")) if accepted else set()
+                    claimed = [row for row in rows if row.key_hex in kept]
+                if claimed:
+                    with cursor.copy(_COPY_SQL) as copy:
+                        copy.write(_copy_text(claimed, batch_id=batch_id, source_id=source_id))
+                if accepted < len(rows):
+                    cursor.execute(_CLAIM_CONFLICTS_SQL, params, prepare=True)
+                    differing = {r[0] for r in cursor.fetchall()}
+                    conflicts.extend(row.event.event_id for row in rows if row.key_hex in differing)
     result.conflicts.extend(conflicts)
     result.accepted += accepted
     result.duplicates += len(rows) - accepted

@@ -1,13 +1,12 @@
 """The PostgreSQL write path of metering.ingest: the COPY text it builds itself must
-carry every character a sender may send, and its per-connection staging table must
-survive being dropped behind its back."""
+carry every character a sender may send, and a batch partly made of keys already
+stored must COPY exactly the new events."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from metering import ingest
@@ -87,15 +86,21 @@ def test_every_character_stored_as_sent(transactional_db: None, n: int) -> None:
     assert EventKey.objects.count() == n
 
 
-def test_staging_table_made_again_when_it_is_gone(transactional_db: None) -> None:
-    source = Source.objects.create(name="staging")
-    first = events_store(source_id=source.id, events=_events("a", 20), received_at=timezone.now())
-    assert first.accepted == 20
-    assert connection.connection in ingest._staging_ready
-    with connection.cursor() as cursor:
-        cursor.execute("DISCARD TEMP")  # what a pooler handing out another session looks like
-    second = events_store(source_id=source.id, events=_events("b", 20), received_at=timezone.now())
-    assert (second.accepted, second.duplicates) == (20, 0)
+def test_a_batch_of_new_and_stored_keys_copies_only_the_new(transactional_db: None) -> None:
+    source = Source.objects.create(name="mixed")
+    events = _events("m", 40)
+    first = events_store(source_id=source.id, events=events[::2], received_at=timezone.now())
+    assert (first.accepted, first.duplicates) == (20, 0)
+    changed = events[2]
+    changed.input_tokens += 1  # a stored key sent again with other content: a conflict
+    second = events_store(source_id=source.id, events=events, received_at=timezone.now())
+    assert (second.accepted, second.duplicates, second.conflicts) == (20, 20, [changed.event_id])
+    stored = list(Event.objects.filter(source=source).values_list("event_id", flat=True))
+    assert sorted(stored) == sorted(e.event_id for e in events)
+    # The first version stands.
+    assert Event.objects.get(event_id=changed.event_id).input_tokens == changed.input_tokens - 1
+    third = events_store(source_id=source.id, events=events, received_at=timezone.now())
+    assert (third.accepted, third.duplicates) == (0, 40)
     assert Event.objects.filter(source=source).count() == 40
 
 
@@ -115,20 +120,14 @@ def _plain(prefix: str, n: int, **fields: object) -> list[NormalizedEvent]:
     ]
 
 
-def test_missing_latencies_alone_need_no_escaping(
-    transactional_db: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_latencies_alone_need_no_escaping(transactional_db: None) -> None:
     source = Source.objects.create(name="nulls")
     events = _plain("n", 20)
     rows = ingest._dedupe(events, source_id=source.id, result=ingest.IngestResult())
-
-    def escaped(value: str) -> str:
-        raise AssertionError("rows built a second time, with escaping")
-
-    monkeypatch.setattr(ingest, "_copy_escape", escaped)
-    text = ingest._copy_text(rows).decode()
+    text = ingest._copy_text(rows, batch_id=1, source_id=source.id).decode()
+    # Built once, unescaped: each missing latency is its own \N and nothing else is.
+    assert text == "".join(ingest._copy_line(row, f"1\t{source.id}\t") for row in rows)
     assert text.count("\\N") == sum(e.latency_ms is None for e in events)
-    monkeypatch.undo()
     assert events_store(source_id=source.id, events=events, received_at=timezone.now()).accepted
     stored = dict(Event.objects.filter(source=source).values_list("event_id", "latency_ms"))
     assert stored == {e.event_id: e.latency_ms for e in events}
