@@ -20,10 +20,13 @@ from metering import schema
 from metering.auth import (
     MISSING_AUTHORIZATION,
     WWW_AUTHENTICATE,
+    ApiPrincipal,
+    api_principal_forget,
     authenticate_header,
     scope_missing,
     scope_required,
 )
+from metering.ingest import KeyInactive
 from metering.models import SCOPE_INGEST, SCOPE_READ
 from metering.selectors import current_month, customer_usage
 from metering.services import IngestError, events_ingest
@@ -68,50 +71,78 @@ def events_post(request: HttpRequest) -> HttpResponse:
     """POST /v1/events, outside DRF: the ingest hot path.
 
     DRF's request wrapping, content negotiation and authentication/permission classes
-    cost more per request than storing a single event does, so the served POST goes
-    straight here from EventsView.dispatch. It answers exactly what the DRF path
-    answered: the same key check (one indexed query, so revocation takes effect on
-    the next request), 401 with WWW-Authenticate, 403, 415, 413, 400, 202 and 503."""
+    cost more per request than storing a single event does, so the served POST comes
+    straight here (from inferbill.wsgi, or from EventsView.dispatch). It answers what
+    a DRF view would: 401 with WWW-Authenticate, 403, 415, 413, 400, 202 and 503.
+
+    The key: one this process has already checked is recalled without a query and
+    confirmed by the statement that stores the events (one round trip per request);
+    if that statement finds it revoked, the request is answered again with the key
+    read from the database. A revocation takes effect on the next request either way."""
     header = request.META.get("HTTP_AUTHORIZATION", "")
     try:
-        principal = authenticate_header(header) if header else MISSING_AUTHORIZATION
-        if isinstance(principal, str):
-            response = _error(401, principal)
-            response["WWW-Authenticate"] = WWW_AUTHENTICATE
-            return response
-        if SCOPE_INGEST not in principal.scopes:
-            return _error(403, scope_missing(SCOPE_INGEST))
-        return _events_ingest(request, source_id=principal.source_id)
+        try:
+            return _events_post(request, header, recall=True)
+        except KeyInactive:
+            return _events_post(request, header, recall=False)
     except (OperationalError, InterfaceError):
         response = _json(DATABASE_UNAVAILABLE, 503)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
 
-def _events_ingest(request: HttpRequest, *, source_id: int) -> HttpResponse:
+def _events_post(request: HttpRequest, header: str, *, recall: bool) -> HttpResponse:
+    principal = authenticate_header(header, recall=recall) if header else MISSING_AUTHORIZATION
+    if isinstance(principal, str):
+        response = _error(401, principal)
+        response["WWW-Authenticate"] = WWW_AUTHENTICATE
+        return response
+    if SCOPE_INGEST not in principal.scopes:
+        return _error(403, scope_missing(SCOPE_INGEST))
+    return _events_ingest(request, principal=principal)
+
+
+def _refuse(principal: ApiPrincipal, status: int, message: str) -> HttpResponse:
+    if not principal.confirmed:
+        # A recalled key is confirmed before any refusal: a revoked key gets its 401.
+        raise KeyInactive
+    return _error(status, message)
+
+
+def _events_ingest(request: HttpRequest, *, principal: ApiPrincipal) -> HttpResponse:
     media_type = (request.content_type or "").split(";")[0].strip().lower()
     if media_type not in CONTENT_TYPES:
-        return _error(
+        return _refuse(
+            principal,
             415,
             f"Content-Type must be one of {', '.join(CONTENT_TYPES)}; got "
             f"'{media_type or 'none'}'.",
         )
     max_bytes: int = settings.INFERBILL_MAX_BODY_BYTES
+    too_large = f"Body too large: the limit is {max_bytes} bytes (5 MiB)."
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared = 0
     if declared > max_bytes:
-        return _error(413, f"Body too large: the limit is {max_bytes} bytes (5 MiB).")
+        return _refuse(principal, 413, too_large)
     body = request.body
     if len(body) > max_bytes:
-        return _error(413, f"Body too large: the limit is {max_bytes} bytes (5 MiB).")
+        return _refuse(principal, 413, too_large)
     try:
         outcome = events_ingest(
-            source_id=source_id, body=body, cloudevents=CONTENT_TYPES[media_type]
+            source_id=principal.source_id,
+            body=body,
+            cloudevents=CONTENT_TYPES[media_type],
+            confirm_key_id=None if principal.confirmed else principal.key_id,
         )
     except IngestError as exc:
-        return _error(exc.status, exc.message)
+        return _refuse(principal, exc.status, exc.message)
+    except KeyInactive:
+        api_principal_forget(principal.key_id)
+        raise
+    if not outcome.key_confirmed:
+        raise KeyInactive  # nothing was written to confirm the key with: ask the database
     return _json(outcome.body(), outcome.status)
 
 

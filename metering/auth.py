@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -26,14 +26,36 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class ApiPrincipal:
-    """Who is calling: an API key of a source."""
+    """Who is calling: an API key of a source.
+
+    `confirmed` is False for a principal recalled from this process's memory
+    (`api_principal_recall`): the database has not yet said, in this request, that
+    the key is still active. Whoever acts on one must have it confirmed in the same
+    statement as the write (see metering.ingest `confirm_key_id`)."""
 
     key_id: int
     source_id: int
     scopes: frozenset[str]
+    confirmed: bool = True
 
     is_authenticated: bool = True
     is_anonymous: bool = False
+
+
+@dataclass(slots=True)
+class _Known:
+    principal: ApiPrincipal  # unconfirmed
+    secret_hash: str
+    last_used_at: datetime | None
+
+
+# Keys this process has seen pass the database check, by prefix. A key's source,
+# scopes and secret never change (the admin cannot edit them); whether it is still
+# active can, so an entry only spares the ingest path its lookup query, never the
+# check itself, which then rides in the write statement: a revocation still takes
+# effect on the next request. Reads and writes of a dict are atomic under the GIL.
+_known: dict[str, _Known] = {}
+_KNOWN_LIMIT = 10_000
 
 
 def api_key_resolve(raw_key: str) -> ApiKey | None:
@@ -91,17 +113,47 @@ def api_principal_resolve(raw_key: str) -> ApiPrincipal | None:
     prefix, secret = parts
     row = _key_row(prefix)
     if row is None:
+        _known.pop(prefix, None)
         return None
     key_id, source_id, secret_hash, scopes, revoked_at, last_used_at = row
     if revoked_at is not None or not hmac.compare_digest(secret_hash, ApiKey.hash_secret(secret)):
+        _known.pop(prefix, None)
         return None
-    _last_used_stamp(key_id, last_used_at)
+    last_used_at = _last_used_stamp(key_id, last_used_at)
     # jsonb arrives as text: Django's connection leaves JSON decoding to its fields.
     scopes = json.loads(scopes) if isinstance(scopes, str) else scopes
-    return ApiPrincipal(key_id=key_id, source_id=source_id, scopes=frozenset(scopes))
+    principal = ApiPrincipal(key_id=key_id, source_id=source_id, scopes=frozenset(scopes))
+    if len(_known) >= _KNOWN_LIMIT:
+        _known.clear()
+    _known[prefix] = _Known(replace(principal, confirmed=False), secret_hash, last_used_at)
+    return principal
 
 
-def _last_used_stamp(key_id: int, last_used_at: datetime | None) -> None:
+def api_principal_recall(raw_key: str) -> ApiPrincipal | None:
+    """The unconfirmed principal of a key this process has already checked against
+    the database, without a query; None when the key is not known here or its secret
+    does not match. See ApiPrincipal.confirmed."""
+    parts = ApiKey.split(raw_key)
+    if parts is None:
+        return None
+    prefix, secret = parts
+    known = _known.get(prefix)
+    if known is None or not hmac.compare_digest(known.secret_hash, ApiKey.hash_secret(secret)):
+        return None
+    known.last_used_at = _last_used_stamp(known.principal.key_id, known.last_used_at)
+    return known.principal
+
+
+def api_principal_forget(key_id: int) -> None:
+    """Drop a key from this process's memory (the database no longer confirms it)."""
+    for prefix, known in list(_known.items()):
+        if known.principal.key_id == key_id:
+            _known.pop(prefix, None)
+
+
+def _last_used_stamp(key_id: int, last_used_at: datetime | None) -> datetime | None:
+    """Refresh the key's last_used_at when it is older than the resolution; returns
+    the value it now has, as far as this call knows."""
     now = timezone.now()
     stale_before = now - timedelta(seconds=ApiKey.LAST_USED_RESOLUTION_SECONDS)
     if last_used_at is None or last_used_at < stale_before:
@@ -109,6 +161,8 @@ def _last_used_stamp(key_id: int, last_used_at: datetime | None) -> None:
         ApiKey.objects.filter(
             Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before), pk=key_id
         ).update(last_used_at=now)
+        return now
+    return last_used_at
 
 
 MALFORMED_AUTHORIZATION = "Authorization must be 'Bearer <api key>'."
@@ -117,12 +171,16 @@ MISSING_AUTHORIZATION = "Authorization: Bearer <api key> is required."
 WWW_AUTHENTICATE = 'Bearer realm="inferbill"'
 
 
-def authenticate_header(header: str) -> ApiPrincipal | str:
-    """The principal for an Authorization header, or why it is refused (a 401)."""
+def authenticate_header(header: str, *, recall: bool = False) -> ApiPrincipal | str:
+    """The principal for an Authorization header, or why it is refused (a 401). With
+    `recall`, a key this process already knows comes back unconfirmed, without a
+    query (see ApiPrincipal.confirmed)."""
     scheme, _, raw_key = header.partition(" ")
     raw_key = raw_key.strip()
     if scheme.lower() != "bearer" or not raw_key:
         return MALFORMED_AUTHORIZATION
+    if recall and (principal := api_principal_recall(raw_key)) is not None:
+        return principal
     return api_principal_resolve(raw_key) or UNKNOWN_KEY
 
 

@@ -30,6 +30,7 @@ import psycopg.errors
 from django.db import connection, transaction
 
 from metering.fields import SUMMED_FIELDS, TOKEN_FIELDS
+from metering.models import SCOPE_INGEST
 from metering.normalize import NormalizedEvent
 from metering.partitions import event_partitions_ensure_range
 
@@ -73,17 +74,35 @@ ROW_TYPES = (
 _COLUMN_LIST = ", ".join(ROW_COLUMNS)
 
 
+# The batch row, written only if the API key given as key_id (when one is) is still
+# active with the ingest scope: the key check of a request whose key this process
+# recalled (metering.auth) rides in its write, and no batch means nothing is stored.
+_BATCH_CTE = f"""
+    batch AS (
+        INSERT INTO metering_ingestbatch (source_id, received_at)
+        SELECT %(source_id)s, %(received_at)s
+        WHERE %(key_id)s::bigint IS NULL OR EXISTS (
+            SELECT 1 FROM metering_apikey
+            WHERE id = %(key_id)s AND revoked_at IS NULL AND scopes ? '{SCOPE_INGEST}'
+        )
+        RETURNING id
+    )
+"""
+
+
+class KeyInactive(Exception):
+    """The API key to confirm is revoked, gone or without the ingest scope; nothing
+    was stored."""
+
+
 def _insert_sql(*, staging: str, values_cte: str = "") -> str:
     """The claim-and-insert statement over a staging relation aliased `s`."""
     columns = ", ".join(c for c in ROW_COLUMNS if c != "content_hash")
     event_columns = ", ".join(f"s.{c}" for c in ROW_COLUMNS if c != "content_hash")
     return f"""
-        WITH {values_cte} batch AS (
-            INSERT INTO metering_ingestbatch (source_id, received_at)
-            VALUES (%(source_id)s, %(received_at)s) RETURNING id
-        ), claimed AS (
+        WITH {values_cte} {_BATCH_CTE}, claimed AS (
             INSERT INTO metering_eventkey (key_hash, content_hash)
-            SELECT s.key_hash, s.content_hash FROM {staging} ORDER BY s.key_hash
+            SELECT s.key_hash, s.content_hash FROM {staging} CROSS JOIN batch ORDER BY s.key_hash
             ON CONFLICT DO NOTHING
             RETURNING key_hash
         ), stored AS (
@@ -126,13 +145,11 @@ def _values_cte(n_rows: int) -> str:
 # The COPY path. The claim statement takes the keys as two uuid[] parameters (text,
 # hex digits; PostgreSQL parses an array of 1,000 in microseconds) and returns the
 # batch id, how many keys it claimed and, only when that is not all of them, which.
-_CLAIM_SQL = """
-    WITH batch AS (
-        INSERT INTO metering_ingestbatch (source_id, received_at)
-        VALUES (%(source_id)s, %(received_at)s) RETURNING id
-    ), claimed AS (
+_CLAIM_SQL = f"""
+    WITH {_BATCH_CTE}, claimed AS (
         INSERT INTO metering_eventkey (key_hash, content_hash)
-        SELECT k, c FROM unnest(%(keys)s::uuid[], %(contents)s::uuid[]) AS t (k, c) ORDER BY k
+        SELECT k, c FROM unnest(%(keys)s::uuid[], %(contents)s::uuid[]) AS t (k, c)
+        CROSS JOIN batch ORDER BY k
         ON CONFLICT DO NOTHING
         RETURNING key_hash
     )
@@ -277,12 +294,19 @@ def _copy_text(rows: list[_Row], *, batch_id: int, source_id: int) -> bytes:
 
 
 def events_store(
-    *, source_id: int, events: Sequence[NormalizedEvent], received_at: datetime
+    *,
+    source_id: int,
+    events: Sequence[NormalizedEvent],
+    received_at: datetime,
+    confirm_key_id: int | None = None,
 ) -> IngestResult:
     """Store valid events, each exactly once. Returns how many were new, how many
     were duplicates, and which duplicates differ from the version stored first.
 
-    Commits before returning: a caller may acknowledge the events as durable."""
+    With `confirm_key_id`, the same statement that writes checks that this API key
+    is still active with the ingest scope, and stores nothing (raising KeyInactive)
+    when it is not. Commits before returning: a caller may acknowledge the events
+    as durable."""
     result = IngestResult()
     rows = _dedupe(events, source_id=source_id, result=result)
     if not rows:
@@ -291,7 +315,11 @@ def events_store(
         for attempt in range(3):
             try:
                 _store_postgres(
-                    source_id=source_id, rows=rows, received_at=received_at, result=result
+                    source_id=source_id,
+                    rows=rows,
+                    received_at=received_at,
+                    confirm_key_id=confirm_key_id,
+                    result=result,
                 )
                 break
             except psycopg.errors.CheckViolation:
@@ -308,7 +336,13 @@ def events_store(
                     raise
                 logger.warning("ingest deadlock, retrying (attempt %d)", attempt + 1)
     else:
-        _store_sqlite(source_id=source_id, rows=rows, received_at=received_at, result=result)
+        _store_sqlite(
+            source_id=source_id,
+            rows=rows,
+            received_at=received_at,
+            confirm_key_id=confirm_key_id,
+            result=result,
+        )
     return result
 
 
@@ -336,9 +370,18 @@ def _unwrap_errors(func: Any) -> Any:
 
 @_unwrap_errors
 def _store_postgres(
-    *, source_id: int, rows: list[_Row], received_at: datetime, result: IngestResult
+    *,
+    source_id: int,
+    rows: list[_Row],
+    received_at: datetime,
+    confirm_key_id: int | None,
+    result: IngestResult,
 ) -> None:
-    params: dict[str, Any] = {"source_id": source_id, "received_at": received_at}
+    params: dict[str, Any] = {
+        "source_id": source_id,
+        "received_at": received_at,
+        "key_id": confirm_key_id,
+    }
     conflicts: list[str] = []
     nested = connection.in_atomic_block
     if len(rows) < COPY_THRESHOLD:
@@ -356,6 +399,8 @@ def _store_postgres(
             with psycopg.Cursor(connection.connection) as cursor:
                 cursor.execute(insert_sql, params, prepare=True)
                 batch_id, accepted = cursor.fetchone()
+                if batch_id is None:
+                    raise KeyInactive
                 if accepted < len(rows):
                     cursor.execute(conflicts_sql, params, prepare=True)
                     conflicts.extend(r[0] for r in cursor.fetchall())
@@ -368,6 +413,8 @@ def _store_postgres(
             with psycopg.Cursor(connection.connection) as cursor:
                 cursor.execute(_CLAIM_SQL, params, prepare=True)
                 batch_id, accepted, claimed_keys = cursor.fetchone()
+                if batch_id is None:
+                    raise KeyInactive
                 claimed = rows
                 if accepted < len(rows):
                     kept = set(claimed_keys.split(",")) if accepted else set()
@@ -386,11 +433,20 @@ def _store_postgres(
 
 
 def _store_sqlite(
-    *, source_id: int, rows: list[_Row], received_at: datetime, result: IngestResult
+    *,
+    source_id: int,
+    rows: list[_Row],
+    received_at: datetime,
+    confirm_key_id: int | None,
+    result: IngestResult,
 ) -> None:
-    from metering.models import Event, EventKey, IngestBatch
+    from metering.models import ApiKey, Event, EventKey, IngestBatch
 
     with transaction.atomic():
+        if confirm_key_id is not None:
+            key = ApiKey.objects.filter(pk=confirm_key_id, revoked_at=None).first()
+            if key is None or SCOPE_INGEST not in key.scopes:
+                raise KeyInactive
         batch = IngestBatch.objects.create(source_id=source_id, received_at=received_at)
         stored: list[Event] = []
         # IMMEDIATE transactions (settings) make this read-then-write safe on SQLite.

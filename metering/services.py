@@ -39,6 +39,7 @@ class IngestOutcome:
     duplicates: int
     rejected: list[dict[str, Any]] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    key_confirmed: bool = True
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -114,11 +115,16 @@ def _decode_native(body: bytes) -> list[normalize.NativeFields] | None:
     return payload if isinstance(payload, list) else [payload]
 
 
-def events_ingest(*, source_id: int, body: bytes, cloudevents: str | None) -> IngestOutcome:
+def events_ingest(
+    *, source_id: int, body: bytes, cloudevents: str | None, confirm_key_id: int | None = None
+) -> IngestOutcome:
     """Validate a request body and store its valid events exactly once.
 
     `cloudevents` is None for native events, "single" for one CloudEvent, "batch"
     for a CloudEvents batch. Raises IngestError for a body that is not events at all.
+    With `confirm_key_id` (a key not yet checked in this request), the write checks
+    that the key is still active and raises metering.ingest.KeyInactive if not; when
+    nothing is valid, nothing is written and `IngestOutcome.key_confirmed` is False.
     Returns only after the accepted events are committed."""
     max_events: int = settings.INFERBILL_MAX_BATCH_EVENTS
     typed = _decode_native(body) if cloudevents is None else None
@@ -163,7 +169,12 @@ def events_ingest(*, source_id: int, body: bytes, cloudevents: str | None) -> In
         else:
             valid.append(event)
     stored = (
-        events_store(source_id=source_id, events=valid, received_at=limits.received_at)
+        events_store(
+            source_id=source_id,
+            events=valid,
+            received_at=limits.received_at,
+            confirm_key_id=confirm_key_id,
+        )
         if valid
         else IngestResult()
     )
@@ -172,4 +183,5 @@ def events_ingest(*, source_id: int, body: bytes, cloudevents: str | None) -> In
         duplicates=stored.duplicates,
         rejected=rejected,
         conflicts=stored.conflicts,
+        key_confirmed=confirm_key_id is None or bool(valid),
     )

@@ -51,6 +51,22 @@ def make_key(db: None) -> Callable[..., str]:
     return make
 
 
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[Any]:
+    """pytest-django's live server, serving the application gunicorn serves
+    (inferbill.wsgi.application, with its direct route for POST /v1/events) rather
+    than Django's bare handler, so HTTP tests go the way production requests go."""
+    from pytest_django.live_server_helper import LiveServer
+
+    from inferbill.wsgi import application
+
+    server = LiveServer("localhost", start=False)
+    server.thread.static_handler = lambda _handler: application
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def api(live_server: Any, make_key: Callable[..., str]) -> Iterator[Callable[..., httpx.Client]]:
     """Real HTTP clients against a live server: `api()` uses a fresh ingest+read key,

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from django.db import connection
 
-from metering.models import ApiKey, Event, EventKey
+from metering.models import ApiKey, Event, EventKey, IngestBatch
 from metering.services import api_key_revoke
 from tests.metering.helpers import event, iso, post, totals
 
@@ -105,6 +105,82 @@ def test_billing_only_key_may_neither_post_nor_read(api: Api, make_key: Callable
     client = api(key=make_key(scopes=("billing",)))
     assert post(client, [event("a")]).status_code == 403
     assert client.get("/v1/customers/acme/usage").status_code == 403
+
+
+# --- a key the server already knows -------------------------------------------------------
+# After a key's first request the server recalls it without a query and has the statement
+# that stores the events confirm it (metering.auth, metering.ingest). Whatever the request,
+# a key revoked since then gets its 401, and nothing of it is written.
+
+
+@pytest.fixture
+def known_key(api: Api, make_key: Callable[..., str]) -> tuple[str, httpx.Client]:
+    raw = make_key()
+    client = api(key=raw)
+    assert post(client, [event("first")]).status_code == 202
+    return raw, client
+
+
+REFUSED_REQUESTS = {
+    "one event": ([event("x")], "application/json"),
+    "a COPY-sized batch": ([event(f"x{i}") for i in range(40)], "application/json"),
+    "only invalid events": ([event("x", input_tokens=-1)], "application/json"),
+    "an unsupported content type": ([event("x")], "text/plain"),
+    "not JSON": (b"{nope", "application/json"),
+}
+
+
+@pytest.mark.parametrize("request_kind", sorted(REFUSED_REQUESTS))
+def test_a_known_key_revoked_gets_401_whatever_it_sends(
+    known_key: tuple[str, httpx.Client], request_kind: str
+) -> None:
+    raw, client = known_key
+    api_key_revoke(prefix=ApiKey.split(raw)[0])
+    batches_before = IngestBatch.objects.count()
+    body, content_type = REFUSED_REQUESTS[request_kind]
+    response = post(client, body, content_type=content_type)
+    assert response.status_code == 401, response.text
+    assert response.json()["detail"] == "Unknown or revoked API key."
+    assert set(stored()) == {"first"}
+    assert IngestBatch.objects.count() == batches_before
+
+
+def test_a_known_key_deleted_gets_401(known_key: tuple[str, httpx.Client]) -> None:
+    raw, client = known_key
+    ApiKey.objects.filter(prefix=ApiKey.split(raw)[0]).delete()
+    assert post(client, [event("x")]).status_code == 401
+    assert set(stored()) == {"first"}
+
+
+def test_a_key_revoked_then_restored_works_again(known_key: tuple[str, httpx.Client]) -> None:
+    raw, client = known_key
+    prefix = ApiKey.split(raw)[0]
+    api_key_revoke(prefix=prefix)
+    assert post(client, [event("x")]).status_code == 401
+    ApiKey.objects.filter(prefix=prefix).update(revoked_at=None)  # what the admin can do
+    assert post(client, [event("y")]).status_code == 202
+    assert set(stored()) == {"first", "y"}
+
+
+def test_a_known_key_with_a_wrong_secret_is_still_401(
+    known_key: tuple[str, httpx.Client], api: Api
+) -> None:
+    raw, _ = known_key
+    response = post(api(key=f"ib_{ApiKey.split(raw)[0]}_{'B' * 43}"), [event("x")])
+    assert response.status_code == 401
+    assert set(stored()) == {"first"}
+
+
+def test_a_host_not_allowed_gets_django_400(api: Api) -> None:
+    """POST /v1/events skips the middleware, not the ALLOWED_HOSTS check."""
+    client = api()
+    response = client.post(
+        "/v1/events",
+        content=json.dumps([event("x")]),
+        headers={"Content-Type": "application/json", "Host": "evil.example"},
+    )
+    assert response.status_code == 400
+    assert not Event.objects.exists()
 
 
 # --- content type, size and shape of the body -------------------------------------------
