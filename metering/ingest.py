@@ -164,10 +164,22 @@ _CLAIM_CONFLICTS_SQL = """
     JOIN metering_eventkey e ON e.key_hash = t.k
     WHERE e.content_hash <> t.c
 """
+# The order of a COPY line: our columns, then NormalizedEvent.content_fields().
 EVENT_COPY_COLUMNS = (
     "batch_id",
     "source_id",
-    *(c for c in ROW_COLUMNS if c != "content_hash"),
+    "key_hash",
+    "event_id",
+    "ce_source",
+    "timestamp",
+    "customer",
+    "model",
+    "provider",
+    "hardware",
+    *SUMMED_FIELDS,
+    "latency_ms",
+    "properties",
+    "ce_type",
 )
 _COPY_SQL = f"COPY metering_event ({', '.join(EVENT_COPY_COLUMNS)}) FROM STDIN"
 # Tabs in a COPY line: one between each two of its columns.
@@ -189,10 +201,11 @@ class _Row:
     # The key as 32 hex digits, which PostgreSQL reads as a uuid.
     key_hex: str
     event: NormalizedEvent
-    # The event's timestamp.isoformat() and properties_json(), computed once for the
-    # content hash and the row.
+    # The event's timestamp.isoformat(), properties_json() and content_fields(),
+    # computed once for the content hash and the row.
     timestamp: str
     properties: str
+    fields: str
 
 
 def _dedupe(
@@ -204,10 +217,11 @@ def _dedupe(
         key = event.key_hash(source_id=source_id)
         timestamp = event.timestamp.isoformat()
         properties = event.properties_json()
-        content = event.content_hash_from(timestamp_iso=timestamp, properties_json=properties)
+        fields = event.content_fields(properties_json=properties)
+        content = event.content_hash_from(fields=fields, timestamp_iso=timestamp)
         seen = first.get(key)
         if seen is None:
-            first[key] = _Row(key, content, key.hex(), event, timestamp, properties)
+            first[key] = _Row(key, content, key.hex(), event, timestamp, properties, fields)
             continue
         result.duplicates += 1
         if seen.content != content:
@@ -251,29 +265,12 @@ def _copy_line(row: _Row, prefix: str, escape: Any = None) -> str:
     the sender's strings can hold a character COPY treats specially; numbers, hashes
     and timestamps never do."""
     e = row.event
-    event_id, ce_source, ce_type, customer, model, provider, hardware, properties = (
-        e.event_id,
-        e.ce_source,
-        e.ce_type,
-        e.customer,
-        e.model,
-        e.provider,
-        e.hardware,
-        row.properties,
-    )
-    if escape is not None:
-        event_id, ce_source, ce_type, customer = map(
-            escape, (event_id, ce_source, ce_type, customer)
-        )
-        model, provider, hardware, properties = map(escape, (model, provider, hardware, properties))
-    latency = "\\N" if e.latency_ms is None else e.latency_ms
-    return (
-        f"{prefix}{row.key_hex}\t{event_id}\t{ce_source}\t{ce_type}"
-        f"\t{customer}\t{row.timestamp}\t{model}\t{provider}\t{hardware}"
-        f"\t{e.input_tokens}\t{e.cache_read_input_tokens}\t{e.cache_write_input_tokens}"
-        f"\t{e.output_tokens}\t{e.reasoning_output_tokens}\t{e.gpu_seconds:f}\t{latency}"
-        f"\t{properties}\n"
-    )
+    if escape is None:
+        event_id, ce_source, fields = e.event_id, e.ce_source, row.fields
+    else:
+        event_id, ce_source = escape(e.event_id), escape(e.ce_source)
+        fields = e.content_fields(properties_json=row.properties, escape=escape)
+    return f"{prefix}{row.key_hex}\t{event_id}\t{ce_source}\t{row.timestamp}\t{fields}\n"
 
 
 def _copy_text(rows: list[_Row], *, batch_id: int, source_id: int) -> bytes:

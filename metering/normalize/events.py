@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -98,25 +99,46 @@ class NormalizedEvent:
             raw = f"native\x1f{source_id}\x1f{self.event_id}"
         return hashlib.blake2b(raw.encode(), digest_size=16).digest()
 
-    def content_hash(self) -> bytes:
-        return self.content_hash_from(
-            timestamp_iso=self.timestamp.isoformat(), properties_json=self.properties_json()
+    def content_fields(
+        self, *, properties_json: str, escape: Callable[[str], str] | None = None
+    ) -> str:
+        """The fields that make two sends of one event the same content, the timestamp
+        aside, tab-separated in the order metering.ingest COPYs them into the event
+        table, so that one string serves both the content hash and the stored row. A
+        missing latency is COPY's \\N. `escape`, when given, is applied to each string
+        the sender chose (for COPY; the hash is always taken unescaped)."""
+        latency = "\\N" if self.latency_ms is None else self.latency_ms
+        customer, model, provider, hardware, ce_type = (
+            self.customer,
+            self.model,
+            self.provider,
+            self.hardware,
+            self.ce_type,
+        )
+        if escape is not None:
+            customer, model, provider, hardware, ce_type, properties_json = map(
+                escape, (customer, model, provider, hardware, ce_type, properties_json)
+            )
+        return (
+            f"{customer}\t{model}\t{provider}\t{hardware}"
+            f"\t{self.input_tokens}\t{self.cache_read_input_tokens}"
+            f"\t{self.cache_write_input_tokens}\t{self.output_tokens}"
+            f"\t{self.reasoning_output_tokens}\t{self.gpu_seconds:f}\t{latency}"
+            f"\t{properties_json}\t{ce_type}"
         )
 
-    def content_hash_from(self, *, timestamp_iso: str, properties_json: str) -> bytes:
-        """The content hash, given the timestamp's isoformat() and properties_json(),
-        which a writer that needs them anyway has already computed: the fields that
-        make two sends of one event the same content, joined by U+001F."""
-        ts = timestamp_iso if self.timestamp_given else ""
-        latency = "" if self.latency_ms is None else self.latency_ms
-        text = (
-            f"{self.customer}\x1f{ts}\x1f{self.model}\x1f{self.provider}\x1f{self.hardware}"
-            f"\x1f{self.input_tokens}\x1f{self.cache_read_input_tokens}"
-            f"\x1f{self.cache_write_input_tokens}\x1f{self.output_tokens}"
-            f"\x1f{self.reasoning_output_tokens}\x1f{self.gpu_seconds:f}\x1f{latency}"
-            f"\x1f{properties_json}\x1f{self.ce_type}"
+    def content_hash(self) -> bytes:
+        return self.content_hash_from(
+            fields=self.content_fields(properties_json=self.properties_json()),
+            timestamp_iso=self.timestamp.isoformat(),
         )
-        return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+    def content_hash_from(self, *, fields: str, timestamp_iso: str) -> bytes:
+        """The content hash, given content_fields() and the timestamp's isoformat(),
+        which a writer needs anyway. A timestamp the sender did not give is no part
+        of the content."""
+        ts = timestamp_iso if self.timestamp_given else ""
+        return hashlib.blake2b(f"{fields}\t{ts}".encode(), digest_size=16).digest()
 
 
 def _fill_usage(
