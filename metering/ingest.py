@@ -201,8 +201,8 @@ class _Row:
     # The key as 32 hex digits, which PostgreSQL reads as a uuid.
     key_hex: str
     event: NormalizedEvent
-    # The event's timestamp.isoformat(), properties_json() and content_fields(),
-    # computed once for the content hash and the row.
+    # The event's timestamp as text (its timestamp_text, or else its isoformat()),
+    # properties_json() and content_fields(), computed once for the hash and the row.
     timestamp: str
     properties: str
     fields: str
@@ -213,12 +213,19 @@ def _dedupe(
 ) -> list[_Row]:
     """Drop repeats inside one request: the first occurrence stands."""
     first: dict[bytes, _Row] = {}
+    # Timestamps the sender did not give are all the request's time: formatted once.
+    formatted: datetime | None = None
+    formatted_text = ""
     for event in events:
         key = event.key_hash(source_id=source_id)
-        timestamp = event.timestamp.isoformat()
+        timestamp = event.timestamp_text
+        if not timestamp:
+            if event.timestamp is not formatted:
+                formatted, formatted_text = event.timestamp, event.timestamp.isoformat()
+            timestamp = formatted_text
         properties = event.properties_json()
         fields = event.content_fields(properties_json=properties)
-        content = event.content_hash_from(fields=fields, timestamp_iso=timestamp)
+        content = event.content_hash_from(fields=fields)
         seen = first.get(key)
         if seen is None:
             first[key] = _Row(key, content, key.hex(), event, timestamp, properties, fields)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -62,6 +62,8 @@ CE_FIELDS = frozenset(
 )
 
 _json_encoder = msgspec.json.Encoder(decimal_format="number", order="sorted")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(slots=True)
@@ -84,6 +86,9 @@ class NormalizedEvent:
     ce_type: str = ""
     # Whether the sender gave the timestamp; a defaulted one is not part of the content.
     timestamp_given: bool = True
+    # The sender's text of `timestamp` when it is exact (see checks._timestamp), for
+    # the database to parse; "" when a writer must format `timestamp` itself.
+    timestamp_text: str = ""
 
     def properties_json(self) -> str:
         if not self.properties:
@@ -129,15 +134,14 @@ class NormalizedEvent:
 
     def content_hash(self) -> bytes:
         return self.content_hash_from(
-            fields=self.content_fields(properties_json=self.properties_json()),
-            timestamp_iso=self.timestamp.isoformat(),
+            fields=self.content_fields(properties_json=self.properties_json())
         )
 
-    def content_hash_from(self, *, fields: str, timestamp_iso: str) -> bytes:
-        """The content hash, given content_fields() and the timestamp's isoformat(),
-        which a writer needs anyway. A timestamp the sender did not give is no part
-        of the content."""
-        ts = timestamp_iso if self.timestamp_given else ""
+    def content_hash_from(self, *, fields: str) -> bytes:
+        """The content hash, given content_fields(), which a writer needs anyway. The
+        timestamp counts as microseconds since the epoch: one instant, one value,
+        whatever offset it was sent with; one the sender did not give counts not."""
+        ts = (self.timestamp - _EPOCH) // _MICROSECOND if self.timestamp_given else ""
         return hashlib.blake2b(f"{fields}\t{ts}".encode(), digest_size=16).digest()
 
 
@@ -196,10 +200,12 @@ def _fill_timestamp(
     """The event's time; a missing one is the time received, not part of the content."""
     if value is None:
         event.timestamp_given = False
+        return
+    parsed = _timestamp(value, name=name, errors=errors, limits=limits)
+    if parsed is None:
+        event.timestamp = limits.received_at
     else:
-        event.timestamp = (
-            _timestamp(value, name=name, errors=errors, limits=limits) or limits.received_at
-        )
+        event.timestamp, event.timestamp_text = parsed
 
 
 def _fill_body(raw: dict[str, Any], event: NormalizedEvent, *, prefix: str, errors: Errors) -> None:

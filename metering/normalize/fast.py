@@ -151,12 +151,12 @@ def _native_clean(item: NativeFields, limits: Limits) -> NormalizedEvent | None:
         properties = _properties(properties, name="properties", errors=errors)
     timestamp = item.timestamp
     if timestamp is UNSET or timestamp is None:
-        timestamp, given = limits.received_at, False
+        timestamp, given, timestamp_text = limits.received_at, False, ""
     else:
-        timestamp, given = (
-            _timestamp(timestamp, name="timestamp", errors=errors, limits=limits),
-            True,
-        )
+        parsed = _timestamp(timestamp, name="timestamp", errors=errors, limits=limits)
+        if parsed is None:
+            return None
+        (timestamp, timestamp_text), given = parsed, True
     if errors:
         return None
     event = NormalizedEvent(
@@ -177,6 +177,7 @@ def _native_clean(item: NativeFields, limits: Limits) -> NormalizedEvent | None:
         "",
         "",
         given,
+        timestamp_text,
     )
     if usage_source is not None:
         # The token fields are all absent, so this is what native_event does with it.

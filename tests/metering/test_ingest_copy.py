@@ -4,6 +4,8 @@ stored must COPY exactly the new events."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, timedelta
 from decimal import Decimal
 
 import pytest
@@ -13,6 +15,7 @@ from metering import ingest
 from metering.ingest import COPY_THRESHOLD, events_store
 from metering.models import Event, EventKey, Source
 from metering.normalize import NormalizedEvent
+from metering.services import events_ingest
 
 pytestmark = pytest.mark.postgres
 
@@ -145,3 +148,38 @@ def test_a_sender_string_that_reads_like_null_is_kept(transactional_db: None) ->
     assert stored["b-4"].customer == "\\N"
     assert stored["b-5"].model == "\\N"
     assert stored["b-6"].properties == {"x": "\\N"}
+
+
+def test_timestamps_stored_as_the_instant_validated(transactional_db: None) -> None:
+    """The COPY line carries the sender's own timestamp text where it names the exact
+    microsecond validated, and the formatted instant where it does not (a seventh
+    fraction digit, which Python truncates and PostgreSQL would round)."""
+    source = Source.objects.create(name="times")
+    now = timezone.now().astimezone(UTC).replace(microsecond=0) - timedelta(hours=1)
+    base = now.strftime("%Y-%m-%dT%H:%M:%S")
+    in_india = (now + timedelta(hours=5, minutes=30)).strftime("%Y-%m-%dT%H:%M:%S")
+    sent = {
+        "z": (f"{base}.5Z", now + timedelta(microseconds=500_000)),
+        "lower": (f"{base.replace('T', 't')}.25z", now + timedelta(microseconds=250_000)),
+        "space": (f"{base.replace('T', ' ')}Z", now),
+        "offset": (f"{in_india}.123456+05:30", now + timedelta(microseconds=123_456)),
+        "seven": (f"{base}.9999999Z", now + timedelta(microseconds=999_999)),
+    }
+    body = [
+        {"event_id": f"{name}-{i}", "customer": "acme", "model": "m", "timestamp": text}
+        for name, (text, _) in sent.items()
+        for i in range(4)  # 20 events: the COPY path
+    ]
+    outcome = events_ingest(source_id=source.id, body=json.dumps(body).encode(), cloudevents=None)
+    assert (outcome.accepted, outcome.rejected) == (20, [])
+    stored = dict(Event.objects.filter(source=source).values_list("event_id", "timestamp"))
+    for name, (_, instant) in sent.items():
+        for i in range(4):
+            assert stored[f"{name}-{i}"] == instant, name
+    # Sent again in another offset, the same instant is the same content: no conflict.
+    again = [
+        {**e, "timestamp": sent["z"][1].astimezone(timezone.get_fixed_timezone(-120)).isoformat()}
+        for e in body[:4]
+    ]
+    retry = events_ingest(source_id=source.id, body=json.dumps(again).encode(), cloudevents=None)
+    assert (retry.accepted, retry.duplicates, retry.conflicts) == (0, 4, [])
