@@ -95,30 +95,30 @@ class KeyInactive(Exception):
     was stored."""
 
 
-def _insert_sql(*, staging: str, values_cte: str = "") -> str:
-    """The claim-and-insert statement over a staging relation aliased `s`."""
+def _insert_sql(*, values_cte: str) -> str:
+    """The claim-and-insert statement over the VALUES list `s` of `values_cte`."""
     columns = ", ".join(c for c in ROW_COLUMNS if c != "content_hash")
     event_columns = ", ".join(f"s.{c}" for c in ROW_COLUMNS if c != "content_hash")
     return f"""
         WITH {values_cte} {_BATCH_CTE}, claimed AS (
             INSERT INTO metering_eventkey (key_hash, content_hash)
-            SELECT s.key_hash, s.content_hash FROM {staging} CROSS JOIN batch ORDER BY s.key_hash
+            SELECT s.key_hash, s.content_hash FROM s CROSS JOIN batch ORDER BY s.key_hash
             ON CONFLICT DO NOTHING
             RETURNING key_hash
         ), stored AS (
             INSERT INTO metering_event (batch_id, source_id, {columns})
             SELECT batch.id, %(source_id)s, {event_columns}
-            FROM {staging} JOIN claimed ON claimed.key_hash = s.key_hash CROSS JOIN batch
+            FROM s JOIN claimed ON claimed.key_hash = s.key_hash CROSS JOIN batch
             RETURNING 1
         )
         SELECT (SELECT id FROM batch), (SELECT count(*) FROM stored)
     """
 
 
-def _conflicts_sql(*, staging: str, values_cte: str = "") -> str:
+def _conflicts_sql(*, values_cte: str) -> str:
     return f"""
-        {"WITH " + values_cte.rstrip(", ") if values_cte else ""}
-        SELECT s.event_id FROM {staging}
+        WITH {values_cte.rstrip(", ")}
+        SELECT s.event_id FROM s
         JOIN metering_eventkey k ON k.key_hash = s.key_hash
         WHERE k.content_hash <> s.content_hash
     """
@@ -129,8 +129,8 @@ def _values_sql(n_rows: int) -> tuple[str, str]:
     """The insert and conflicts statements over an n-row VALUES list (built once per n)."""
     values_cte = _values_cte(n_rows)
     return (
-        _insert_sql(staging="s", values_cte=values_cte),
-        _conflicts_sql(staging="s", values_cte=values_cte),
+        _insert_sql(values_cte=values_cte),
+        _conflicts_sql(values_cte=values_cte),
     )
 
 

@@ -119,7 +119,12 @@ class EventKey(models.Model):
 
 
 class Event(models.Model):
-    """One inference request's usage. Written by metering.ingest, never by the ORM."""
+    """One inference request's usage. Written by metering.ingest, never by the ORM.
+
+    On PostgreSQL the table differs from what this model would make (migrations 0001,
+    0003, 0004): partitioned by month, no index on `id` (unique by its sequence; no
+    read goes by it), and a BRIN index on `batch_id`. SQLite gets the plain table.
+    """
 
     id = models.BigAutoField(primary_key=True)
     batch = models.ForeignKey(IngestBatch, on_delete=models.DO_NOTHING, db_constraint=False)
