@@ -145,12 +145,14 @@ def _timestamp(
         errors[name] = "must include a UTC offset (Z or ±hh:mm)"
         return None
     try:
-        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1] in "zZ" else value)
+        # Python 3.11 reads "Z" (as the UTC singleton), not "z".
+        parsed = datetime.fromisoformat(value[:-1] + "Z" if value[-1] == "z" else value)
     except ValueError:
         errors[name] = "must be an RFC 3339 date-time with offset, e.g. 2026-01-31T12:00:00Z"
         return None
     # One instant, one value: the same time sent with another offset is the same content.
-    parsed = parsed.astimezone(UTC)
+    if parsed.tzinfo is not UTC:
+        parsed = parsed.astimezone(UTC)
     if parsed > limits.latest:
         errors[name] = "is more than 5 minutes in the future"
         return None
