@@ -27,7 +27,44 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inferbill.settings")
 EVENTS_PATH = "/v1/events"
 
 
+class _BodyAtOnce:
+    """gunicorn's request body, read whole in one step.
+
+    gunicorn 23's `Body.read(n)` gathers a body 1 KiB at a time, copying the rest of
+    its 8 KiB socket chunk at every step: measured for a 263 KB batch of 1,000 events,
+    0.92 ms of CPU, against 0.17 ms for the same bytes asked of its length reader at
+    once (`Body.reader.read(n)`, which also keeps count of what is left, so the rest
+    of the connection stays in step). Used only while nothing has been buffered."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0 and self._body.buf.tell() == 0:
+            data: bytes = self._body.reader.read(size)
+            return data
+        data = self._body.read(size)
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line: bytes = self._body.readline(size)
+        return line
+
+
+def _body_at_once(stream: Any) -> Any:
+    from gunicorn.http.body import Body, LengthReader
+
+    if isinstance(stream, Body) and isinstance(stream.reader, LengthReader):
+        return _BodyAtOnce(stream)
+    return stream
+
+
 class InferbillWSGIHandler(WSGIHandler):
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == EVENTS_PATH and "wsgi.input" in environ:
+            environ["wsgi.input"] = _body_at_once(environ["wsgi.input"])
+        return super().__call__(environ, start_response)
+
     def get_response(self, request: HttpRequest) -> HttpResponseBase:
         if request.method != "POST" or request.path_info != EVENTS_PATH:
             return super().get_response(request)
