@@ -234,7 +234,7 @@ def _dedupe(
         if seen.content != content:
             result.conflicts.append(event.event_id)
     # Sorted keys: see the module docstring on deadlocks.
-    return sorted(first.values(), key=lambda row: row.key)
+    return [first[key] for key in sorted(first)]
 
 
 def _row_values(row: _Row) -> tuple[Any, ...]:
