@@ -98,7 +98,7 @@ def _events_post(request: HttpRequest, header: str, *, recall: bool) -> HttpResp
         response["WWW-Authenticate"] = WWW_AUTHENTICATE
         return response
     if SCOPE_INGEST not in principal.scopes:
-        return _error(403, scope_missing(SCOPE_INGEST))
+        return _refuse(principal, 403, scope_missing(SCOPE_INGEST))
     return _events_ingest(request, principal=principal)
 
 

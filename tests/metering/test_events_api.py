@@ -145,6 +145,16 @@ def test_a_known_key_revoked_gets_401_whatever_it_sends(
     assert IngestBatch.objects.count() == batches_before
 
 
+def test_a_known_read_only_key_revoked_gets_401_not_403(
+    api: Api, make_key: Callable[..., str]
+) -> None:
+    raw = make_key(scopes=("read",))
+    client = api(key=raw)
+    assert post(client, [event("x")]).status_code == 403  # now known to the server
+    api_key_revoke(prefix=ApiKey.split(raw)[0])
+    assert post(client, [event("x")]).status_code == 401
+
+
 def test_a_known_key_deleted_gets_401(known_key: tuple[str, httpx.Client]) -> None:
     raw, client = known_key
     ApiKey.objects.filter(prefix=ApiKey.split(raw)[0]).delete()
