@@ -11,6 +11,10 @@ Preconditions and guarantees:
   customer's next invoice (the one whose subscription covers the end of its period),
   computed as rate(quantity now) − rate(quantity billed so far), so tiers and
   included units stay right and nothing is billed twice.
+- Every writer locks the customer first (`customers_lock`), then subscriptions, then
+  invoices, then the number sequence: two invoices of one customer are never
+  recomputed at once (each would bill the other's adjustments again), and the order
+  is the one subscribing uses, so nothing deadlocks.
 
 Modules: periods (billing periods), compute (an invoice's lines), adjustments (late
 usage of billed periods), store (writing invoices back), generate (generate, finalize,
@@ -22,6 +26,7 @@ from billing.invoicing.chunk import due_periods, grace_period, invoices_generate
 from billing.invoicing.compute import LineDraft, invoice_compute
 from billing.invoicing.generate import (
     InvoiceStateError,
+    customers_lock,
     invoice_finalize,
     invoice_generate,
     invoice_void,
@@ -34,6 +39,7 @@ __all__ = [
     "BillingPeriod",
     "InvoiceStateError",
     "LineDraft",
+    "customers_lock",
     "day_start",
     "due_periods",
     "grace_period",

@@ -10,7 +10,13 @@ from datetime import UTC, date, datetime, timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from billing.invoicing.generate import _Open, _regenerate, invoice_finalize, invoice_generate
+from billing.invoicing.generate import (
+    _Open,
+    _regenerate,
+    customers_lock,
+    invoice_finalize,
+    invoice_generate,
+)
 from billing.invoicing.periods import BillingPeriod, day_start, period_for, subscription_periods
 from billing.metering_view import UsageRow, usage_by_customer
 from billing.models import Invoice, Subscription
@@ -129,7 +135,7 @@ def _generate_together(
     period for subscriptions whose usage was read together, in one transaction and a
     handful of statements: what invoice_generate and invoice_finalize do one by one.
 
-    Locks are taken in their order (subscriptions, then invoices, then the number
+    Locks are taken in their order (customers, subscriptions, invoices, then the number
     sequence, last and briefly), so it serialises with them and with other chunks
     without deadlocks. A kill rolls the whole group back; a re-run redoes it.
 
@@ -137,6 +143,11 @@ def _generate_together(
     (those whose service period changed since their usage was read)."""
     stragglers: list[Subscription] = []
     with transaction.atomic():
+        customers_lock(
+            Subscription.objects.filter(id__in=subscription_ids).values_list(
+                "customer_id", flat=True
+            )
+        )
         subscriptions = list(
             Subscription.objects.select_for_update(of=("self",))
             .filter(id__in=subscription_ids)

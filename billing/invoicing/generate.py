@@ -3,7 +3,7 @@ recompute-and-write they and the chunk path share."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -15,7 +15,7 @@ from billing.invoicing.compute import _line_rows, invoice_compute
 from billing.invoicing.periods import BillingPeriod, period_for
 from billing.invoicing.store import _invoices_update, _lines_insert
 from billing.metering_view import UsageRow
-from billing.models import Invoice, InvoiceLine, InvoiceNumberSequence, Subscription
+from billing.models import Customer, Invoice, InvoiceLine, InvoiceNumberSequence, Subscription
 
 
 class InvoiceStateError(Exception):
@@ -32,12 +32,29 @@ class _Open:
     rows: list[UsageRow] | None  # its usage, read beforehand; None: read it here
 
 
+def customers_lock(customer_ids: Iterable[int]) -> None:
+    """Lock customer rows, in id order, first of all the locks invoicing takes.
+
+    The adjustment lines of an invoice bill what the customer's earlier invoices have
+    not billed yet; two invoices of one customer recomputed at once (two periods in
+    two workers) would each see the other's adjustments as unbilled and bill them
+    twice. Holding the customer serialises them: the second reads after the first
+    commits. First, because subscribing (billing.services) locks the customer and then
+    its subscriptions: the same order, so the two cannot deadlock."""
+    list(
+        Customer.objects.select_for_update()
+        .filter(id__in=sorted(set(customer_ids)))
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+
+
 def _regenerate(items: Sequence[_Open], *, period_start: date, finalize: bool) -> None:
     """Recompute locked open invoices of one period and write them back, in a handful of
     statements whatever their number; with `finalize`, also number and freeze them.
 
-    The caller holds the subscription and invoice locks; the number sequence is locked
-    last, so only for the final writes."""
+    The caller holds the customer, subscription and invoice locks; the number sequence
+    is locked last, so only for the final writes."""
     if not items:
         return
     history = _History.read(
@@ -74,6 +91,9 @@ def invoice_generate(
 
     Idempotent; a finalized, paid or void invoice is returned unchanged."""
     with transaction.atomic():
+        customers_lock(
+            Subscription.objects.filter(pk=subscription_id).values_list("customer_id", flat=True)
+        )
         # The subscription row lock serialises generators of the same subscription;
         # the unique constraint would catch a racer anyway, this just avoids the error.
         subscription = (
@@ -119,11 +139,12 @@ def invoice_finalize(*, invoice_id: int, rows: list[UsageRow] | None = None) -> 
     finalized invoice; refuses a void one. `rows`: usage already read by the caller
     in this same cycle."""
     with transaction.atomic():
-        # Lock in invoice_generate's order, subscription then invoice: the other order
-        # deadlocks against a generator of the same invoice.
-        subscription_id = Invoice.objects.values_list("subscription_id", flat=True).get(
-            pk=invoice_id
-        )
+        # Lock in invoice_generate's order, customer, subscription, then invoice: another
+        # order deadlocks against a generator of the same invoice.
+        subscription_id, customer_id = Invoice.objects.values_list(
+            "subscription_id", "customer_id"
+        ).get(pk=invoice_id)
+        customers_lock([customer_id])
         subscription = (
             Subscription.objects.select_for_update(of=("self",))
             .select_related("plan", "customer")
@@ -144,6 +165,9 @@ def invoice_finalize(*, invoice_id: int, rows: list[UsageRow] | None = None) -> 
 def invoice_void(*, invoice_id: int) -> Invoice:
     """Void a draft or finalized invoice. Its number, if any, stays used (no gaps)."""
     with transaction.atomic():
+        # What a void un-bills, the customer's next invoice bills again: not while one
+        # of them is being recomputed (see customers_lock).
+        customers_lock(Invoice.objects.filter(pk=invoice_id).values_list("customer_id", flat=True))
         invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
         if invoice.status == Invoice.Status.VOID:
             return invoice

@@ -194,8 +194,8 @@ def test_concurrent_generation_makes_one_invoice() -> None:
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_finalize_and_generate_of_one_invoice_do_not_deadlock() -> None:
-    """A generator holds the subscription lock and is about to lock the invoice, while
-    a finalization starts: both lock in the same order, so neither fails."""
+    """A generator holds the customer and subscription locks and is about to lock the
+    invoice, while a finalization starts: both lock in the same order, so neither fails."""
     (draft,) = drafts(1)
     store(ev("c0", "2026-04-10 00:00", output_tokens=1_000_000))
     locked = threading.Event()
@@ -204,6 +204,7 @@ def test_finalize_and_generate_of_one_invoice_do_not_deadlock() -> None:
         from billing.models import Subscription
 
         with transaction.atomic():
+            invoicing.customers_lock([draft.customer_id])
             Subscription.objects.select_for_update().get(pk=draft.subscription_id)
             locked.set()
             time.sleep(1.5)  # the finalizer is now waiting on one of our locks
@@ -225,3 +226,96 @@ def test_finalizing_a_may_invoice_leaves_april_alone() -> None:
     april, may = generate(sub, APRIL), generate(sub, MAY)
     invoice_finalize(invoice_id=may.id)
     assert (fresh(april).status, fresh(may).status) == ("draft", "finalized")
+
+
+def _late_march_usage_on_two_drafts() -> tuple[Invoice, Invoice]:
+    """A customer whose March invoice is finalized, with late March usage that both its
+    April and May drafts would bill as an adjustment ($10). The customer changed plans
+    on 1 May, so the two drafts belong to two subscriptions (whose locks alone would
+    not keep them apart) and may be recomputed by two workers at once."""
+    acme = customer()
+    march_plan = plan("march", charges=[per_unit("output_tokens", "10")])
+    first = subscribe(acme, march_plan, start=date(2026, 3, 1))
+    second = subscribe(acme, plan("may", charges=[per_unit("output_tokens", "10")]), start=MAY)
+    store(ev("acme", "2026-03-10 00:00", output_tokens=1_000_000))
+    invoice_finalize(invoice_id=generate(first, date(2026, 3, 1)).id)
+    store(ev("acme", "2026-03-20 00:00", output_tokens=1_000_000))  # late
+    april, may = generate(first, APRIL), generate(second, MAY)
+    assert april.subscription_id != may.subscription_id
+    for draft in (april, may):
+        adjusted = [line.amount for line in lines(draft) if line.kind == "adjustment"]
+        assert adjusted == [D("10.00")]  # both drafts show it, until one bills it
+    return april, may
+
+
+def _adjustments_billed() -> Decimal:
+    return sum(
+        (
+            line.amount
+            for line in InvoiceLine.objects.filter(
+                kind="adjustment", invoice__status__in=["finalized", "paid"]
+            )
+        ),
+        D(0),
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_invoices_of_one_customer_finalized_at_once_bill_late_usage_once() -> None:
+    april, may = _late_march_usage_on_two_drafts()
+    barrier = threading.Barrier(2)
+
+    def finalize(invoice_id: int) -> Callable[[], None]:
+        def run() -> None:
+            barrier.wait()
+            invoice_finalize(invoice_id=invoice_id)
+
+        return run
+
+    assert run_threads(finalize(april.id), finalize(may.id)) == []
+    assert {fresh(april).status, fresh(may).status} == {"finalized"}
+    assert _adjustments_billed() == D("10.00")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_finalizing_waits_while_another_invoice_of_the_customer_is_recomputed() -> None:
+    """The serialisation itself, without a race: while one transaction holds the
+    customer (as a recompute does), finalizing another invoice of theirs waits for it."""
+    from billing.models import Customer
+
+    april, may = _late_march_usage_on_two_drafts()
+    held, release = threading.Event(), threading.Event()
+    waiting: list[bool] = []
+
+    def holder() -> None:
+        with transaction.atomic():
+            Customer.objects.select_for_update().get(pk=april.customer_id)
+            invoice_finalize(invoice_id=april.id)
+            held.set()
+            with connection.cursor() as cursor:
+                for _ in range(100):  # until the finalizer is seen blocked on a lock
+                    cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                    if cursor.fetchone()[0]:
+                        waiting.append(True)
+                        break
+                    time.sleep(0.05)
+            assert fresh(may).status == "draft"  # not finalized while we hold the customer
+            release.wait(10)
+
+    def finalizer() -> None:
+        assert held.wait(10)
+        invoice_finalize(invoice_id=may.id)
+
+    def releaser() -> None:
+        assert held.wait(10)
+        time.sleep(0.5)
+        release.set()
+
+    assert run_threads(holder, finalizer, releaser) == []
+    assert waiting == [True]
+    may = fresh(may)
+    assert may.status == "finalized"
+    assert [line.amount for line in lines(may) if line.kind == "adjustment"] == []
+    assert _adjustments_billed() == D("10.00")
