@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 from metering.fields import SUMMED_FIELDS, TOKEN_FIELDS
 from metering.models import SCOPE_INGEST
@@ -396,18 +396,33 @@ def _store_postgres(
         # One statement. Outside a transaction it is a transaction of its own, committed
         # before execute() returns, which saves the BEGIN and COMMIT round trips; inside
         # one, a savepoint keeps a failure from spoiling the caller's transaction.
-        with transaction.atomic() if nested else nullcontext(), connection.wrap_database_errors:
-            connection.ensure_connection()
-            # Server-side binding with prepared statements: PostgreSQL parses and plans
-            # each statement once per connection, not once per request.
-            with psycopg.Cursor(connection.connection) as cursor:
-                cursor.execute(insert_sql, params, prepare=True)
-                batch_id, accepted = cursor.fetchone()
-                if batch_id is None:
-                    raise KeyInactive
-                if accepted < len(rows):
-                    cursor.execute(conflicts_sql, params, prepare=True)
-                    conflicts.extend(r[0] for r in cursor.fetchall())
+        for attempt in (0, 1):
+            try:
+                with (
+                    transaction.atomic() if nested else nullcontext(),
+                    connection.wrap_database_errors,
+                ):
+                    connection.ensure_connection()
+                    # Server-side binding with prepared statements: PostgreSQL parses and
+                    # plans each statement once per connection, not once per request.
+                    with psycopg.Cursor(connection.connection) as cursor:
+                        cursor.execute(insert_sql, params, prepare=True)
+                        batch_id, accepted = cursor.fetchone()
+                        if batch_id is None:
+                            raise KeyInactive
+                        if accepted < len(rows):
+                            cursor.execute(conflicts_sql, params, prepare=True)
+                            conflicts.extend(r[0] for r in cursor.fetchall())
+                break
+            except (OperationalError, InterfaceError):
+                # Outside a transaction this can be the request's first use of a kept
+                # connection (a recalled key needs no query before it), and that
+                # connection can have died with the server since: one retry on a fresh
+                # one, as Django's health check would have done. Safe to repeat: had the
+                # first try committed, its events now come back as duplicates.
+                if attempt or nested:
+                    raise
+                connection.close()
     else:
         params["keys"] = "{" + ",".join([row.key_hex for row in rows]) + "}"
         params["contents"] = "{" + ",".join([row.content.hex() for row in rows]) + "}"

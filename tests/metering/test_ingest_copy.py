@@ -8,7 +8,9 @@ import json
 from datetime import UTC, timedelta
 from decimal import Decimal
 
+import psycopg
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from metering import ingest
@@ -183,3 +185,18 @@ def test_timestamps_stored_as_the_instant_validated(transactional_db: None) -> N
     ]
     retry = events_ingest(source_id=source.id, body=json.dumps(again).encode(), cloudevents=None)
     assert (retry.accepted, retry.duplicates, retry.conflicts) == (0, 4, [])
+
+
+def test_a_connection_that_died_since_the_last_request_is_replaced(transactional_db: None) -> None:
+    """A small batch's single statement can be a request's first query (its key was
+    recalled): if the kept connection died meanwhile (a database restart), it is
+    replaced and the events stored, not refused."""
+    source = Source.objects.create(name="reconnect")
+    assert events_store(source_id=source.id, events=_plain("a", 1), received_at=timezone.now())
+    pid = connection.connection.info.backend_pid
+    with psycopg.connect(connection.connection.info.dsn, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone() == (True,)
+    result = events_store(source_id=source.id, events=_plain("b", 2), received_at=timezone.now())
+    assert (result.accepted, result.duplicates) == (2, 0)
+    assert connection.connection.info.backend_pid != pid
+    assert Event.objects.filter(source=source).count() == 3
