@@ -208,31 +208,29 @@ def _fill_timestamp(
         event.timestamp, event.timestamp_text = parsed
 
 
+def _text(
+    raw: dict[str, Any],
+    key: str,
+    *,
+    errors: Errors,
+    max_length: int,
+    required: bool = True,
+    prefix: str = "",
+) -> str:
+    """`raw[key]` checked as a string; an error is named `prefix + key`."""
+    return _string(
+        raw.get(key), name=f"{prefix}{key}", errors=errors, max_length=max_length, required=required
+    )
+
+
 def _fill_body(raw: dict[str, Any], event: NormalizedEvent, *, prefix: str, errors: Errors) -> None:
     """The fields a native event and a CloudEvent's data share."""
-    event.provider = _string(
-        raw.get("provider"),
-        name=f"{prefix}provider",
-        errors=errors,
-        max_length=MAX_LABEL_LENGTH,
-        required=False,
+    event.provider, event.hardware = (
+        _text(raw, key, errors=errors, max_length=MAX_LABEL_LENGTH, required=False, prefix=prefix)
+        for key in ("provider", "hardware")
     )
-    event.hardware = _string(
-        raw.get("hardware"),
-        name=f"{prefix}hardware",
-        errors=errors,
-        max_length=MAX_LABEL_LENGTH,
-        required=False,
-    )
-    model = raw.get("model")
-    if model is not None or "attributes" not in raw:
-        event.model = _string(
-            model,
-            name=f"{prefix}model",
-            errors=errors,
-            max_length=MAX_MODEL_LENGTH,
-            required=True,
-        )
+    if raw.get("model") is not None or "attributes" not in raw:
+        event.model = _text(raw, "model", errors=errors, max_length=MAX_MODEL_LENGTH, prefix=prefix)
     _fill_usage(raw, event, prefix=prefix, errors=errors)
     if not event.model and f"{prefix}model" not in errors:
         errors[f"{prefix}model"] = "is required (or gen_ai.request.model in attributes)"
@@ -258,20 +256,8 @@ def native_event(raw: Any, *, limits: Limits) -> tuple[NormalizedEvent | None, E
         return None, {"event": "must be a JSON object"}
     errors: Errors = {}
     event = NormalizedEvent(
-        event_id=_string(
-            raw.get("event_id"),
-            name="event_id",
-            errors=errors,
-            max_length=MAX_ID_LENGTH,
-            required=True,
-        ),
-        customer=_string(
-            raw.get("customer"),
-            name="customer",
-            errors=errors,
-            max_length=MAX_ID_LENGTH,
-            required=True,
-        ),
+        event_id=_text(raw, "event_id", errors=errors, max_length=MAX_ID_LENGTH),
+        customer=_text(raw, "customer", errors=errors, max_length=MAX_ID_LENGTH),
         timestamp=limits.received_at,
         model="",
     )
@@ -288,36 +274,12 @@ def cloud_event(raw: Any, *, limits: Limits) -> tuple[NormalizedEvent | None, Er
     if raw.get("specversion") != "1.0":
         errors["specversion"] = 'must be "1.0"'
     event = NormalizedEvent(
-        event_id=_string(
-            raw.get("id"),
-            name="id",
-            errors=errors,
-            max_length=MAX_ID_LENGTH,
-            required=True,
-        ),
-        customer=_string(
-            raw.get("subject"),
-            name="subject",
-            errors=errors,
-            max_length=MAX_ID_LENGTH,
-            required=True,
-        ),
+        event_id=_text(raw, "id", errors=errors, max_length=MAX_ID_LENGTH),
+        customer=_text(raw, "subject", errors=errors, max_length=MAX_ID_LENGTH),
         timestamp=limits.received_at,
         model="",
-        ce_source=_string(
-            raw.get("source"),
-            name="source",
-            errors=errors,
-            max_length=MAX_CE_SOURCE_LENGTH,
-            required=True,
-        ),
-        ce_type=_string(
-            raw.get("type"),
-            name="type",
-            errors=errors,
-            max_length=MAX_CE_TYPE_LENGTH,
-            required=True,
-        ),
+        ce_source=_text(raw, "source", errors=errors, max_length=MAX_CE_SOURCE_LENGTH),
+        ce_type=_text(raw, "type", errors=errors, max_length=MAX_CE_TYPE_LENGTH),
     )
     _fill_timestamp(event, raw.get("time"), name="time", errors=errors, limits=limits)
     content_type = raw.get("datacontenttype")
