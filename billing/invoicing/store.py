@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 from django.db import connection
+from django.db.models import JSONField
 from psycopg.types.json import Jsonb
 
 from billing.models import Invoice, InvoiceLine
 
-_LINE_COLUMNS = (
-    "invoice_id",
-    "position",
-    "kind",
-    "charge_id",
-    "description",
-    "metric",
-    "filter",
-    "quantity",
-    "included_units",
-    "billable_quantity",
-    "unit_price",
-    "unit_size",
-    "tiers_applied",
-    "amount_exact",
-    "amount",
-    "adjusts_invoice_id",
+# Every column but the id, from the model, so that a new field is written too.
+_LINE_FIELDS = [f for f in InvoiceLine._meta.concrete_fields if not f.primary_key]
+_LINE_COPY_SQL = (
+    f"COPY {InvoiceLine._meta.db_table} ({', '.join(f.column for f in _LINE_FIELDS)}) FROM STDIN"
 )
-
-
-_JSON_COLUMNS = {"filter", "tiers_applied"}
 
 
 def _lines_insert(lines: list[InvoiceLine]) -> None:
@@ -35,16 +20,14 @@ def _lines_insert(lines: list[InvoiceLine]) -> None:
     if connection.vendor != "postgresql":
         InvoiceLine.objects.bulk_create(lines, batch_size=500)
         return
-    columns = ", ".join(_LINE_COLUMNS)
-    with (
-        connection.cursor() as cursor,
-        cursor.cursor.copy(f"COPY billing_invoiceline ({columns}) FROM STDIN") as copy,
-    ):
+    with connection.cursor() as cursor, cursor.cursor.copy(_LINE_COPY_SQL) as copy:
         for line in lines:
             copy.write_row(
                 [
-                    Jsonb(getattr(line, c)) if c in _JSON_COLUMNS else getattr(line, c)
-                    for c in _LINE_COLUMNS
+                    Jsonb(getattr(line, f.attname))
+                    if isinstance(f, JSONField)
+                    else getattr(line, f.attname)
+                    for f in _LINE_FIELDS
                 ]
             )
 
