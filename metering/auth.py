@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from django.db import InterfaceError, OperationalError, connection
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -18,6 +18,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from inferbill.db import first_query
 from metering.models import ApiKey
 
 if TYPE_CHECKING:
@@ -58,15 +59,6 @@ _known: dict[str, _Known] = {}
 _KNOWN_LIMIT = 10_000
 
 
-def api_key_resolve(raw_key: str) -> ApiKey | None:
-    """The active key for a raw key string, or None. Revocation is read from the
-    database on every call, so it takes effect on the next request."""
-    principal = api_principal_resolve(raw_key)
-    if principal is None:
-        return None
-    return ApiKey.objects.get(pk=principal.key_id)
-
-
 _KEY_SQL = (
     "SELECT id, source_id, secret_hash, scopes, revoked_at, last_used_at "
     "FROM metering_apikey WHERE prefix = %s"
@@ -82,25 +74,14 @@ def _key_row(prefix: str) -> tuple[Any, ...] | None:
             .first()
         )
         return row
-    for attempt in (0, 1):
-        try:
-            with connection.wrap_database_errors:
-                connection.ensure_connection()
-                with psycopg.Cursor(connection.connection) as cursor:
-                    cursor.execute(_KEY_SQL, (prefix,), prepare=True)
-                    row = cursor.fetchone()
-            # The connection just answered: that is this request's health check, so
-            # Django need not send its own SELECT 1 when a transaction starts.
-            connection.health_check_done = True
+
+    def read() -> tuple[Any, ...] | None:
+        with psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(_KEY_SQL, (prefix,), prepare=True)
+            row: tuple[Any, ...] | None = cursor.fetchone()
             return row
-        except (OperationalError, InterfaceError):
-            # A connection kept from an earlier request can have died with the server.
-            # Instead of Django's health check (a query of its own on every request),
-            # this first query of the request gets one retry on a fresh connection.
-            if attempt or connection.in_atomic_block:
-                raise
-            connection.close()
-    return None  # pragma: no cover - the loop returns or raises
+
+    return first_query(read)
 
 
 def api_principal_resolve(raw_key: str) -> ApiPrincipal | None:

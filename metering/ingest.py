@@ -27,8 +27,9 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import connection, transaction
 
+from inferbill.db import first_query
 from metering.fields import SUMMED_FIELDS, TOKEN_FIELDS
 from metering.models import SCOPE_INGEST
 from metering.normalize import NormalizedEvent
@@ -393,36 +394,30 @@ def _store_postgres(
         for i, row in enumerate(rows):
             for j, value in enumerate(_row_values(row)):
                 params[f"v{i}_{j}"] = value
+
         # One statement. Outside a transaction it is a transaction of its own, committed
         # before execute() returns, which saves the BEGIN and COMMIT round trips; inside
         # one, a savepoint keeps a failure from spoiling the caller's transaction.
-        for attempt in (0, 1):
-            try:
-                with (
-                    transaction.atomic() if nested else nullcontext(),
-                    connection.wrap_database_errors,
-                ):
-                    connection.ensure_connection()
-                    # Server-side binding with prepared statements: PostgreSQL parses and
-                    # plans each statement once per connection, not once per request.
-                    with psycopg.Cursor(connection.connection) as cursor:
-                        cursor.execute(insert_sql, params, prepare=True)
-                        batch_id, accepted = cursor.fetchone()
-                        if batch_id is None:
-                            raise KeyInactive
-                        if accepted < len(rows):
-                            cursor.execute(conflicts_sql, params, prepare=True)
-                            conflicts.extend(r[0] for r in cursor.fetchall())
-                break
-            except (OperationalError, InterfaceError):
-                # Outside a transaction this can be the request's first use of a kept
-                # connection (a recalled key needs no query before it), and that
-                # connection can have died with the server since: one retry on a fresh
-                # one, as Django's health check would have done. Safe to repeat: had the
-                # first try committed, its events now come back as duplicates.
-                if attempt or nested:
-                    raise
-                connection.close()
+        def store() -> tuple[int | None, int]:
+            # Server-side binding with prepared statements: PostgreSQL parses and plans
+            # each statement once per connection, not once per request.
+            with (
+                transaction.atomic() if nested else nullcontext(),
+                psycopg.Cursor(connection.connection) as cursor,
+            ):
+                cursor.execute(insert_sql, params, prepare=True)
+                batch_id, accepted = cursor.fetchone()
+                if batch_id is not None and accepted < len(rows):
+                    cursor.execute(conflicts_sql, params, prepare=True)
+                    conflicts[:] = [r[0] for r in cursor.fetchall()]
+                return batch_id, accepted
+
+        # With a recalled key this is the request's first query (see first_query); a
+        # repeat is safe: had the first try committed, its events come back as
+        # duplicates.
+        batch_id, accepted = first_query(store)
+        if batch_id is None:
+            raise KeyInactive
     else:
         params["keys"] = "{" + ",".join([row.key_hex for row in rows]) + "}"
         params["contents"] = "{" + ",".join([row.content.hex() for row in rows]) + "}"

@@ -17,7 +17,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from metering.auth import api_key_resolve
+from metering.auth import api_principal_resolve
 from metering.models import ApiKey, Source
 from metering.services import api_key_create, api_key_revoke
 from tests.metering.helpers import event, post
@@ -61,10 +61,10 @@ def test_only_the_hash_is_stored() -> None:
         cursor.execute("SELECT * FROM metering_apikey")
         assert all(secret not in str(v) for row in cursor.fetchall() for v in row)
     # And the key resolves by its prefix and the hash of its secret.
-    resolved = api_key_resolve(raw)
+    resolved = api_principal_resolve(raw)
     assert resolved is not None
-    assert resolved.pk == key.pk
-    assert api_key_resolve(f"ib_{prefix}_{secret[:-1]}x") is None
+    assert resolved.key_id == key.pk
+    assert api_principal_resolve(f"ib_{prefix}_{secret[:-1]}x") is None
 
 
 def test_keys_are_unique() -> None:
@@ -122,9 +122,9 @@ def test_revoke_command(by: str) -> None:
     assert prefix in out.getvalue()
     key = ApiKey.objects.get(prefix=prefix)
     assert key.revoked_at is not None
-    assert api_key_resolve(raw) is None
+    assert api_principal_resolve(raw) is None
     # Other keys of the same source keep working.
-    assert api_key_resolve(other) is not None
+    assert api_principal_resolve(other) is not None
 
 
 def test_revoke_is_idempotent() -> None:
