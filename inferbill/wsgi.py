@@ -20,11 +20,11 @@ from django.core.exceptions import DisallowedHost
 from django.core.handlers.exception import response_for_exception
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponseBase
+from django.urls import reverse
 from django.utils.log import log_response
+from gunicorn.http.body import Body, LengthReader
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inferbill.settings")
-
-EVENTS_PATH = "/v1/events"
 
 
 class _BodyAtOnce:
@@ -52,30 +52,34 @@ class _BodyAtOnce:
 
 
 def _body_at_once(stream: Any) -> Any:
-    from gunicorn.http.body import Body, LengthReader
-
     if isinstance(stream, Body) and isinstance(stream.reader, LengthReader):
         return _BodyAtOnce(stream)
     return stream
 
 
 class InferbillWSGIHandler(WSGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        # Imported and resolved once apps are loaded; the path is the URLconf's own.
+        from metering.api import events_post
+
+        self._events_post = events_post
+        self._events_path = reverse("events")
+
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("PATH_INFO") == EVENTS_PATH and "wsgi.input" in environ:
+        if environ.get("PATH_INFO") == self._events_path and "wsgi.input" in environ:
             environ["wsgi.input"] = _body_at_once(environ["wsgi.input"])
         return super().__call__(environ, start_response)
 
     def get_response(self, request: HttpRequest) -> HttpResponseBase:
-        if request.method != "POST" or request.path_info != EVENTS_PATH:
+        if request.method != "POST" or request.path_info != self._events_path:
             return super().get_response(request)
         try:
             request.get_host()
         except DisallowedHost:
             return super().get_response(request)
-        from metering.api import events_post
-
         try:
-            response = events_post(request)
+            response = self._events_post(request)
         except Exception as exc:  # what Django's handler does with a view's exception
             response = response_for_exception(request, exc)
         response._resource_closers.append(request.close)  # type: ignore[attr-defined]
