@@ -428,11 +428,9 @@ def margins_compute(
     reads: list[GroupUsage] | None = None,
 ) -> list[MarginFigures]:
     """Cost, revenue and projections of each customer period, as of `as_of` (`reads`:
-    what `margins_read` returned for them, or for more customers, when the caller read
-    ahead)."""
+    what `margins_read` returned for them, when the caller read ahead)."""
     if reads is None:
         reads = margins_read(periods=periods, as_of=as_of)
-    wanted = {id(cp) for cp in periods}
     results: list[MarginFigures] = []
     cache: RevenueCache = {}
     min_projection = timedelta(hours=settings.INFERBILL_PROJECTION_MIN_HOURS)
@@ -446,8 +444,6 @@ def margins_compute(
         period_start, period_end = group.period_start, group.period_end
         is_open = as_of < period_end
         for cp in members:
-            if id(cp) not in wanted:
-                continue  # read along with these, rated with another chunk
             figures = MarginFigures(cp=cp, as_of=as_of, is_open=is_open, usage=UsageCost())
             for segment in segments:
                 rows = segment.rows.get(cp.customer.external_id)

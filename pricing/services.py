@@ -51,8 +51,7 @@ from pricing.models import MILLION, CostRate, MarginFlag, MarginSnapshot, Refere
 # A first rate imported from a catalog costs everything before it too.
 RATES_BEGIN = datetime(2000, 1, 1, tzinfo=UTC)
 PER_TOKEN_PLACES = Decimal("1e-18")
-READ_CHUNK = 1000  # customers whose usage is read together
-REFRESH_CHUNK = 1000  # customers rated and written together
+REFRESH_CHUNK = 1000  # customers whose usage is read, rated and written together
 READ_AHEAD = 2  # connections reading the next customers' usage meanwhile
 
 
@@ -648,33 +647,28 @@ def margins_refresh(
         for cp in customer_periods(period=month)
         if day_start(cp.start) < as_of and (not open_only or day_start(cp.end) > as_of)
     ]
-    # Usage is read for READ_CHUNK customers at a time (one pass over their rollups per
-    # piece of the period), then rated and written chunk_size at a time. On PostgreSQL
-    # the next read runs on another connection meanwhile. (Inside a transaction another
-    # connection would not see its writes: then everything is read in line.)
-    read_chunks = [periods[i : i + READ_CHUNK] for i in range(0, len(periods), READ_CHUNK)]
-    ahead = READ_AHEAD if connection.vendor == "postgresql" else 0
-    if connection.in_atomic_block:
-        ahead = 0
+    # Usage is read for chunk_size customers at a time (one pass over their rollups per
+    # piece of the period), then rated and written. On PostgreSQL the next chunks are
+    # read on other connections meanwhile. (Inside a transaction another connection
+    # would not see its writes: then everything is read in line.)
+    chunks = [periods[i : i + chunk_size] for i in range(0, len(periods), chunk_size)]
+    in_line = connection.vendor != "postgresql" or connection.in_atomic_block
+    ahead = 0 if in_line else READ_AHEAD
     with ThreadPoolExecutor(max_workers=max(ahead, 1)) as readers:
-        pending = [readers.submit(_read, chunk, as_of) for chunk in read_chunks[:ahead]]
-        for index, read_chunk in enumerate(read_chunks):
+        pending = [readers.submit(_read, chunk, as_of) for chunk in chunks[:ahead]]
+        for index, chunk in enumerate(chunks):
             if ahead:
                 reads = pending.pop(0).result()
-                if index + ahead < len(read_chunks):
-                    pending.append(readers.submit(_read, read_chunks[index + ahead], as_of))
+                if index + ahead < len(chunks):
+                    pending.append(readers.submit(_read, chunks[index + ahead], as_of))
             else:
-                reads = margins_read(periods=read_chunk, as_of=as_of)
-            for start in range(0, len(read_chunk), chunk_size):
-                chunk = read_chunk[start : start + chunk_size]
-                figures = margins_compute(periods=chunk, as_of=as_of, reads=reads)
-                raised, cleared, flagged = _write(
-                    period=month, cps=chunk, figures=figures, as_of=as_of
-                )
-                result.customers += len(figures)
-                result.flagged += flagged
-                result.raised += raised
-                result.cleared += cleared
+                reads = margins_read(periods=chunk, as_of=as_of)
+            figures = margins_compute(periods=chunk, as_of=as_of, reads=reads)
+            raised, cleared, flagged = _write(period=month, cps=chunk, figures=figures, as_of=as_of)
+            result.customers += len(figures)
+            result.flagged += flagged
+            result.raised += raised
+            result.cleared += cleared
     result.seconds = time_module.perf_counter() - started
     return result
 
