@@ -173,16 +173,18 @@ class Closed(Exception):
     pass
 
 
+def _recv_into(sock: socket.socket, buf: bytearray) -> None:
+    """Append what the server sent next to `buf`; Closed if it closed the connection."""
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise Closed
+    buf.extend(chunk)
+
+
 def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes, bool]:
     """(status, body, server keeps the connection) of one HTTP/1.1 response."""
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            break
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise Closed
-        buf += chunk
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        _recv_into(sock, buf)
     head = bytes(buf[:end]).decode("latin-1").split("\r\n")
     del buf[: end + 4]
     status = int(head[0].split(" ", 2)[1])
@@ -194,10 +196,7 @@ def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes, boo
     if "content-length" in headers:
         length = int(headers["content-length"])
         while len(buf) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise Closed
-            buf += chunk
+            _recv_into(sock, buf)
         body = bytes(buf[:length])
         del buf[:length]
         return status, body, keep
@@ -205,17 +204,11 @@ def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes, boo
         body = bytearray()
         while True:
             while (eol := buf.find(b"\r\n")) < 0:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise Closed
-                buf += chunk
+                _recv_into(sock, buf)
             size = int(bytes(buf[:eol]).split(b";")[0], 16)
             del buf[: eol + 2]
             while len(buf) < size + 2:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise Closed
-                buf += chunk
+                _recv_into(sock, buf)
             body += buf[:size]
             del buf[: size + 2]
             if size == 0:
