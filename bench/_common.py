@@ -5,6 +5,7 @@ Imported as `_common` (each bench is run as a script, so its own directory is on
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+
+def database_url(default: str) -> str:
+    """DATABASE_URL, or `default` when it is unset; refuses any but PostgreSQL, the
+    database the benchmarks measure."""
+    url = os.environ.get("DATABASE_URL") or default
+    if not url.startswith(("postgres://", "postgresql://")):
+        script = Path(sys.argv[0]).name
+        raise SystemExit(f"bench/{script} measures PostgreSQL: DATABASE_URL=postgres://…")
+    return url
 
 
 def database_ensure(url: str, *, fresh: bool = False) -> None:

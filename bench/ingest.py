@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from _common import PYTHON, ROOT, database_ensure, manage
+from _common import PYTHON, ROOT, database_ensure, database_url, manage
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/inferbill_bench"
 
@@ -589,9 +589,7 @@ def main() -> None:
     raw_events = args.events if args.raw_events is None else args.raw_events
     size = args.batch_size
 
-    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    if not url.startswith(("postgres://", "postgresql://")):
-        raise SystemExit("bench/ingest.py measures the PostgreSQL path: DATABASE_URL=postgres://…")
+    url = database_url(DEFAULT_DATABASE_URL)
     env = {
         **os.environ,
         "DATABASE_URL": url,

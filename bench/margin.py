@@ -38,7 +38,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from _common import ROOT, database_ensure
+from _common import ROOT, database_ensure, database_url
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/inferbill_bench_margin"
 BATCH = 1000
@@ -277,9 +277,7 @@ def main() -> None:
     parser.add_argument("--regenerate", action="store_true")
     args = parser.parse_args()
 
-    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    if not url.startswith(("postgres://", "postgresql://")):
-        raise SystemExit("bench/margin.py measures PostgreSQL: DATABASE_URL=postgres://…")
+    url = database_url(DEFAULT_DATABASE_URL)
     os.environ.update(
         {
             "DATABASE_URL": url,
