@@ -141,8 +141,8 @@ def _events_ingest(request: HttpRequest, *, principal: ApiPrincipal) -> HttpResp
     except KeyInactive:
         api_principal_forget(principal.key_id)
         raise
-    if not outcome.key_confirmed:
-        raise KeyInactive  # nothing was written to confirm the key with: ask the database
+    if not principal.confirmed and not (outcome.accepted or outcome.duplicates):
+        raise KeyInactive  # no valid event, so no write confirmed the key: ask the database
     return _json(outcome.body(), outcome.status)
 
 

@@ -39,7 +39,6 @@ class IngestOutcome:
     duplicates: int
     rejected: list[dict[str, Any]] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
-    key_confirmed: bool = True
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -124,7 +123,7 @@ def events_ingest(
     for a CloudEvents batch. Raises IngestError for a body that is not events at all.
     With `confirm_key_id` (a key not yet checked in this request), the write checks
     that the key is still active and raises metering.ingest.KeyInactive if not; when
-    nothing is valid, nothing is written and `IngestOutcome.key_confirmed` is False.
+    nothing is valid, nothing is written, so nothing confirms the key either.
     Returns only after the accepted events are committed."""
     max_events: int = settings.INFERBILL_MAX_BATCH_EVENTS
     typed = _decode_native(body) if cloudevents is None else None
@@ -183,5 +182,4 @@ def events_ingest(
         duplicates=stored.duplicates,
         rejected=rejected,
         conflicts=stored.conflicts,
-        key_confirmed=confirm_key_id is None or bool(valid),
     )
