@@ -5,6 +5,7 @@ Reads need a key with the `read` scope; creating cost rates needs `billing`."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -291,10 +292,10 @@ class MarginsView(APIView):
         if (limit is not None and limit < 1) or offset < 0:
             return Response({"detail": "limit: 1 or more; offset: 0 or more"}, status=400)
         report = selectors.margin_report(period=period, flagged=flagged_raw in ("true", "1"))
-        body = reports.margin_report_dict(report)  # totals over every customer
         end = None if limit is None else offset + limit
-        body["customers"] = body["customers"][offset:end]
-        return Response(body)
+        # Totals stay over every customer; only the page's rows are rendered.
+        page = dataclasses.replace(report, rows=report.rows[offset:end])
+        return Response(reports.margin_report_dict(page))
 
 
 class SimulationsView(APIView):
