@@ -477,13 +477,12 @@ def _snapshot(figures: MarginFigures, flag: str, insights: dict[str, Any]) -> di
     }
 
 
-SNAPSHOT_UPDATE_FIELDS = [
-    f.name
-    for f in MarginSnapshot._meta.concrete_fields
-    if f.name not in ("id", "customer", "period")
-]
 _SNAPSHOT_FIELDS = [f for f in MarginSnapshot._meta.concrete_fields if f.name != "id"]
+# What a newer computation replaces: everything but the (customer, period) key.
+_SNAPSHOT_UPDATED = [f for f in _SNAPSHOT_FIELDS if f.name not in ("customer", "period")]
+SNAPSHOT_UPDATE_FIELDS = [f.name for f in _SNAPSHOT_UPDATED]
 _SNAPSHOT_COLUMNS = ", ".join(f.column for f in _SNAPSHOT_FIELDS)
+_SNAPSHOT_JSON = {f.attname for f in _SNAPSHOT_FIELDS if isinstance(f, JSONField)}
 _SNAPSHOT_STAGING = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS pricing_snapshot_staging ON COMMIT DELETE ROWS AS "
     f"SELECT {_SNAPSHOT_COLUMNS} FROM pricing_marginsnapshot WITH NO DATA"
@@ -492,11 +491,7 @@ _SNAPSHOT_UPSERT = (
     f"INSERT INTO pricing_marginsnapshot ({_SNAPSHOT_COLUMNS}) "
     f"SELECT {_SNAPSHOT_COLUMNS} FROM pricing_snapshot_staging "
     "ON CONFLICT (customer_id, period) DO UPDATE SET "
-    + ", ".join(
-        f"{f.column} = EXCLUDED.{f.column}"
-        for f in _SNAPSHOT_FIELDS
-        if f.name not in ("customer", "period")
-    )
+    + ", ".join(f"{f.column} = EXCLUDED.{f.column}" for f in _SNAPSHOT_UPDATED)
     + " WHERE pricing_marginsnapshot.as_of <= EXCLUDED.as_of RETURNING customer_id"
 )
 
@@ -526,7 +521,6 @@ def _snapshots_upsert(snapshots: list[dict[str, Any]], *, as_of: datetime) -> se
             batch_size=500,
         )
         return {v["customer_id"] for v in fresh}
-    json_fields = {f.attname for f in _SNAPSHOT_FIELDS if isinstance(f, JSONField)}
     with connection.cursor() as cursor:
         cursor.execute(_SNAPSHOT_STAGING)
         with cursor.cursor.copy(
@@ -535,7 +529,9 @@ def _snapshots_upsert(snapshots: list[dict[str, Any]], *, as_of: datetime) -> se
             for values in snapshots:
                 copy.write_row(
                     [
-                        Jsonb(values[f.attname]) if f.attname in json_fields else values[f.attname]
+                        Jsonb(values[f.attname])
+                        if f.attname in _SNAPSHOT_JSON
+                        else values[f.attname]
                         for f in _SNAPSHOT_FIELDS
                     ]
                 )
