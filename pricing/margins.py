@@ -330,7 +330,7 @@ def _plan_revenue(
     lines = invoice_compute(subscription=subscription, period=bp, rows=rows)
     accrued = _rounded_total(lines, currency, elapsed=_elapsed_days(bp, as_of), days=days)
     floor = _rounded_total(lines, currency, elapsed=None, days=days)
-    if not rows or not list(subscription.plan.charges.all()):
+    if not rows:  # plan_revenue passes none for a plan without charges
         return PlanRevenue(revenue=accrued, floor=floor)  # nothing grows with usage
 
     def projector() -> Decimal:
