@@ -51,6 +51,28 @@ def plan(code: str = "p", *, flat_fee: str = "0", minimum: str | None = None, **
     )
 
 
+def tiered_plan(code: str = "p", *, top_tier_flat_fee: str | None = None) -> Plan:
+    """$10 a month; output $10/M beyond 1M included; input graduated, $2/M up to 1M then
+    $1/M (plus `top_tier_flat_fee` once a unit enters the second tier)."""
+    top_tier: dict[str, Any] = {"up_to": None, "unit_price": "1.00"}
+    if top_tier_flat_fee is not None:
+        top_tier["flat_fee"] = top_tier_flat_fee
+    return plan(
+        code,
+        flat_fee="10.00",
+        charges=[
+            per_unit("output_tokens", "10", included_units=D(1_000_000), display_name="Output"),
+            ChargeInput(
+                metric="input_tokens",
+                price_model="graduated",
+                unit_size=MILLION,
+                tiers=[{"up_to": 1_000_000, "unit_price": "2.00"}, top_tier],
+                display_name="Input",
+            ),
+        ],
+    )
+
+
 def subscribe(cust: Customer, p: Plan, start: date = APRIL, **kw: Any) -> Subscription:
     return subscription_create(customer=cust, plan=p, start_date=start, **kw)
 

@@ -9,13 +9,11 @@ import pytest
 
 from billing import invoicing
 from billing.invoicing import invoice_finalize, invoice_void
-from billing.models import Invoice, InvoiceLine
-from billing.services import ChargeInput
+from billing.models import Invoice, InvoiceLine, Plan
 from tests.billing.helpers import (
     APRIL,
     JUNE,
     MAY,
-    MILLION,
     at,
     customer,
     ev,
@@ -25,6 +23,7 @@ from tests.billing.helpers import (
     plan,
     store,
     subscribe,
+    tiered_plan,
 )
 
 pytestmark = pytest.mark.django_db
@@ -46,24 +45,9 @@ def cycle(subscription_id: int, period_start: date, as_of: str) -> None:
     )
 
 
-@pytest.fixture
-def tiered_plan():
-    return plan(
-        flat_fee="10.00",
-        charges=[
-            per_unit("output_tokens", "10", included_units=D(1_000_000), display_name="Output"),
-            ChargeInput(
-                metric="input_tokens",
-                price_model="graduated",
-                unit_size=MILLION,
-                tiers=[
-                    {"up_to": 1_000_000, "unit_price": "2.00"},
-                    {"up_to": None, "unit_price": "1.00"},
-                ],
-                display_name="Input",
-            ),
-        ],
-    )
+@pytest.fixture(name="tiered_plan")
+def tiered_plan_fixture() -> Plan:
+    return tiered_plan()
 
 
 def test_late_usage_becomes_one_adjustment_line_per_charge_on_the_next_invoice(

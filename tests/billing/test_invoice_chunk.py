@@ -14,11 +14,9 @@ from django.db import transaction
 from billing import invoicing
 from billing.invoicing import invoice_finalize, invoice_void
 from billing.models import Invoice, InvoiceLine, Subscription
-from billing.services import ChargeInput
 from tests.billing.helpers import (
     APRIL,
     MAY,
-    MILLION,
     at,
     customer,
     ev,
@@ -27,6 +25,7 @@ from tests.billing.helpers import (
     plan,
     store,
     subscribe,
+    tiered_plan,
 )
 
 pytestmark = pytest.mark.django_db
@@ -60,23 +59,7 @@ def _snapshot() -> list[tuple[Any, ...]]:
 def _history() -> list[Subscription]:
     """Customers with finalized March and April invoices, late usage of both, a voided
     invoice, a minimum commitment, a plan change in April, and one new in May."""
-    tiered = plan(
-        "tiered",
-        flat_fee="10.00",
-        charges=[
-            per_unit("output_tokens", "10", included_units=D(1_000_000), display_name="Output"),
-            ChargeInput(
-                metric="input_tokens",
-                price_model="graduated",
-                unit_size=MILLION,
-                tiers=[
-                    {"up_to": 1_000_000, "unit_price": "2.00"},
-                    {"up_to": None, "unit_price": "1.00", "flat_fee": "3.00"},
-                ],
-                display_name="Input",
-            ),
-        ],
-    )
+    tiered = tiered_plan("tiered", top_tier_flat_fee="3.00")
     committed = plan(
         "committed",
         flat_fee="5.00",
