@@ -222,7 +222,7 @@ class UsageCost:
         cache_read: int = row["cache_read_input_tokens"]
         output: int = row["output_tokens"]
         gpu_seconds: Decimal = row["gpu_seconds"]
-        cost = priced.token_cost + priced.gpu_cost
+        cost = priced.cost
         self.token_cost += priced.token_cost
         self.gpu_cost += priced.gpu_cost
         self.requests += requests
