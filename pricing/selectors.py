@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +30,10 @@ def month_start(day: date) -> date:
 
 def next_month(day: date) -> date:
     return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def previous_month(day: date) -> date:
+    return month_start(month_start(day) - timedelta(days=1))
 
 
 def parse_period(value: str) -> date:

@@ -682,7 +682,7 @@ def margins_refresh_open(*, as_of: datetime | None = None) -> list[RefreshResult
     1st, some open periods started last month."""
     as_of = (as_of or timezone.now()).astimezone(UTC)
     month = selectors.month_start(as_of.date())
-    previous = selectors.month_start(month - timedelta(days=1))
+    previous = selectors.previous_month(month)
     return [
         margins_refresh(period=month, as_of=as_of),
         margins_refresh(period=previous, as_of=as_of, open_only=True),

@@ -8,7 +8,7 @@ with exponential backoff.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task, shared_task
@@ -44,7 +44,7 @@ def margins_refresh_task(self: Task, as_of: str | None = None) -> list[dict[str,
 def margins_refresh_previous_task(self: Task, as_of: str | None = None) -> dict[str, Any]:
     """Beat, daily: refresh last month (invoices finalize, late usage arrives)."""
     moment = _moment(as_of)
-    previous = selectors.month_start(selectors.month_start(moment.date()) - timedelta(days=1))
+    previous = selectors.previous_month(moment.date())
     try:
         result = services.margins_refresh(period=previous, as_of=moment)
     except (OperationalError, InterfaceError) as exc:

@@ -1,4 +1,3 @@
-from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand
@@ -7,7 +6,7 @@ from django.utils import timezone
 from inferbill.demo import demo_load
 from pricing.demo import demo_cost_rates_load
 from pricing.models import ReferencePlan
-from pricing.selectors import month_start
+from pricing.selectors import month_start, previous_month
 from pricing.services import margins_refresh
 
 
@@ -26,7 +25,7 @@ class Command(BaseCommand):
             ReferencePlan(plan_code="usage").save()
         now = timezone.now()
         this_month = month_start(now.date())
-        last_month = month_start(this_month - timedelta(days=1))
+        last_month = previous_month(this_month)
         for period in (last_month, this_month):
             margins_refresh(period=period, as_of=now)
         self.stdout.write(
