@@ -311,6 +311,16 @@ def wait_for(
         time.sleep(0.05)
 
 
+def beat_cycle(as_of: datetime) -> Callable[[], None]:
+    """What beat sends again and again: the rollup, and the invoice cycle as of `as_of`."""
+
+    def cycle() -> None:
+        usage_rollup_task.delay()
+        billing_tasks.invoices_dispatch(as_of=as_of)
+
+    return cycle
+
+
 # --- data ------------------------------------------------------------------------------------
 
 
@@ -541,16 +551,12 @@ def test_invoices_exactly_once_with_worker_killed_mid_run(
                 and broker.pending() == 0
             )
 
-        def cycle_in_grace() -> None:
-            usage_rollup_task.delay()
-            billing_tasks.invoices_dispatch(as_of=as_of_in_grace)
-
         wait_for(
             phase_one_done,
             what="phase 1 to complete",
             worker=worker,
             deadline=deadline,
-            cycle=cycle_in_grace,
+            cycle=beat_cycle(as_of_in_grace),
         )
 
         # --- phase 2: late usage, a duplicate re-send; refresh and finalize, killed again ----
@@ -597,16 +603,12 @@ def test_invoices_exactly_once_with_worker_killed_mid_run(
                 and broker.pending() == 0
             )
 
-        def cycle_final() -> None:
-            usage_rollup_task.delay()
-            billing_tasks.invoices_dispatch(as_of=as_of_final)
-
         wait_for(
             all_final,
             what="phase 2 to complete",
             worker=worker,
             deadline=deadline,
-            cycle=cycle_final,
+            cycle=beat_cycle(as_of_final),
         )
 
         # --- phase 3: everything again; nothing may change -----------------------------------
