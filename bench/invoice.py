@@ -406,14 +406,13 @@ def broker_cleanup(url: str, queue: str) -> None:
     client.close()
 
 
-def wait_until(condition: Any, *, what: str, workers: Workers, timeout: float) -> float:
+def wait_until(condition: Any, *, what: str, workers: Workers, timeout: float) -> None:
     began = time.monotonic()
     while not condition():
         workers.check()
         if time.monotonic() - began > timeout:
             raise SystemExit(f"{what}: not done after {timeout:.0f} s; logs in {workers.dir}")
         time.sleep(0.05)
-    return time.monotonic() - began
 
 
 # --- reconciliation ----------------------------------------------------------------------------
