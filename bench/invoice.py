@@ -293,6 +293,10 @@ def load(*, customers: int, events: int, batch_size: int, period: date) -> None:
     )
 
 
+def batches_unfolded() -> bool:
+    return scalar("SELECT EXISTS (SELECT 1 FROM metering_ingestbatch WHERE folded_at IS NULL)")
+
+
 def loaded_shape() -> Any:
     if not scalar("SELECT to_regclass('bench_meta') IS NOT NULL"):
         return None
@@ -575,9 +579,7 @@ def main() -> None:
             customers=args.customers, events=args.events, batch_size=args.batch_size, period=period
         )
         log(f"loaded in {time.monotonic() - began:.0f} s")
-    keep_rollups = args.invoices_only and not scalar(
-        "SELECT EXISTS (SELECT 1 FROM metering_ingestbatch WHERE folded_at IS NULL)"
-    )
+    keep_rollups = args.invoices_only and not batches_unfolded()
     reset_processing(keep_rollups=keep_rollups)
     month_before = month_start(today, 2)
     execute(
@@ -614,9 +616,7 @@ def main() -> None:
             for _ in range(args.worker_processes * args.concurrency):
                 usage_rollup_task.delay()
         wait_until(
-            lambda: not scalar(
-                "SELECT EXISTS (SELECT 1 FROM metering_ingestbatch WHERE folded_at IS NULL)"
-            ),
+            lambda: not batches_unfolded(),
             what="rollup",
             workers=workers,
             timeout=900,
