@@ -3,9 +3,10 @@
 Django's handler, except that POST /v1/events, the ingest hot path, goes straight
 to its view function: no middleware, no URL resolving, no DRF. In a cProfile of one
 gunicorn worker serving single-event requests, the middleware chain and URL resolving
-took about a sixth of each request's time. What the middleware would have given this endpoint is kept: the
-Host header is still checked against ALLOWED_HOSTS (a bad one takes the normal
-path and gets Django's 400), and request_started/request_finished still fire, so
+took about a sixth of each request's time. What the middleware would have given
+this endpoint is kept: the Host header is still checked against ALLOWED_HOSTS (a bad
+one takes the normal path and gets Django's 400), and request_started and
+request_finished still fire, so
 database connections are managed as for any request. Client errors are not logged
 (a sender's bad events are answered, not a server problem); 5xx are.
 """
