@@ -6,9 +6,9 @@ gunicorn worker serving single-event requests, the middleware chain and URL reso
 took about a sixth of each request's time. What the middleware would have given
 this endpoint is kept: the Host header is still checked against ALLOWED_HOSTS (a bad
 one takes the normal path and gets Django's 400), and request_started and
-request_finished still fire, so
-database connections are managed as for any request. Client errors are not logged
-(a sender's bad events are answered, not a server problem); 5xx are.
+request_finished still fire, so database connections are managed as for any
+request. Client errors are not logged (a sender's bad events are answered, not a
+server problem); 5xx are.
 """
 
 from __future__ import annotations
