@@ -3,41 +3,25 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from metering.fields import USAGE_METRICS as METRICS
-from metering.ingest import events_store
-from metering.models import Source
 from metering.normalize import NormalizedEvent
 from metering.rollup import usage_rollup_fold
 from metering.selectors import customer_usage, usage_rows
+from tests.factories import at, ev
+from tests.factories import store as store_events
 
 pytestmark = pytest.mark.django_db
 D = Decimal
-_ids = itertools.count(1)
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def ev(customer: str, when: str, model: str = "gpt-4o", **fields: Any) -> NormalizedEvent:
-    if "gpu_seconds" in fields:
-        fields["gpu_seconds"] = D(str(fields["gpu_seconds"]))
-    return NormalizedEvent(
-        event_id=f"u-{next(_ids)}", customer=customer, timestamp=at(when), model=model, **fields
-    )
 
 
 def store(*events: NormalizedEvent) -> None:
-    source = Source.objects.get_or_create(name="usage-read-tests")[0]
-    assert events_store(
-        source_id=source.id, events=list(events), received_at=at("2026-05-01")
-    ).accepted == len(events)
+    store_events(*events, source="usage-read-tests", received_at=at("2026-05-01"))
 
 
 FIRST = [
