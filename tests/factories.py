@@ -1,6 +1,6 @@
 """Test factories shared by the billing, pricing and metering tests: events in through
 the real write path (`metering.ingest.events_store`, which takes any timestamp, so
-tests can use fixed months in the past), and customers."""
+tests can use fixed months in the past), customers, and per-unit charges."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from typing import Any
 from django.utils import timezone
 
 from billing.models import Customer
-from billing.services import customer_create
+from billing.services import ChargeInput, customer_create
 from metering.ingest import IngestResult, events_store
 from metering.models import Source
 from metering.normalize import NormalizedEvent
+
+MILLION = Decimal(1_000_000)
 
 # One counter for every test module, so event ids never repeat within a run.
 _ids = itertools.count(1)
@@ -56,3 +58,10 @@ def store(
 
 def customer(external_id: str = "acme", currency: str = "USD") -> Customer:
     return customer_create(external_id=external_id, name=external_id.title(), currency=currency)
+
+
+def per_unit(metric: str, price: str, *, unit_size: Decimal = MILLION, **kw: Any) -> ChargeInput:
+    """A per-unit charge: `price` per `unit_size` (a million by default) of `metric`."""
+    return ChargeInput(
+        metric=metric, price_model="per_unit", unit_size=unit_size, unit_price=Decimal(price), **kw
+    )

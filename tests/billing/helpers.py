@@ -17,14 +17,15 @@ from billing.services import ChargeInput, plan_create, subscription_create
 from metering.ingest import IngestResult
 from metering.normalize import NormalizedEvent
 from tests import factories
+from tests.factories import MILLION as MILLION
 
 # Re-exported: the tests import them from here.
 from tests.factories import at as at
 from tests.factories import customer as customer
 from tests.factories import ev as ev
+from tests.factories import per_unit as per_unit
 
 D = Decimal
-MILLION = D(1_000_000)
 APRIL = date(2026, 4, 1)
 MAY = date(2026, 5, 1)
 JUNE = date(2026, 6, 1)
@@ -33,12 +34,6 @@ JUNE = date(2026, 6, 1)
 def store(*events: NormalizedEvent) -> IngestResult:
     """Store events as one ingest batch through the real ingest path."""
     return factories.store(*events, source="billing-tests")
-
-
-def per_unit(metric: str, price: str, *, unit_size: Decimal = MILLION, **kw: Any) -> ChargeInput:
-    return ChargeInput(
-        metric=metric, price_model="per_unit", unit_size=unit_size, unit_price=D(price), **kw
-    )
 
 
 def plan(code: str = "p", *, flat_fee: str = "0", minimum: str | None = None, **kw: Any) -> Plan:

@@ -14,19 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from billing.models import Customer, Plan, Subscription
-from billing.services import ChargeInput, plan_create, subscription_create
+from billing.services import plan_create, subscription_create
 from metering.normalize import NormalizedEvent
 from pricing.models import CostRate, MarginFlag, MarginSnapshot
 from pricing.services import RATES_BEGIN, RefreshResult, cost_rate_create, margins_refresh
 from tests import factories
+from tests.factories import MILLION as MILLION
 
 # Re-exported: the tests import them from here.
 from tests.factories import at as at
 from tests.factories import customer as customer
 from tests.factories import ev as ev
+from tests.factories import per_unit as per_unit
 
 D = Decimal
-MILLION = D(1_000_000)
 APRIL = date(2026, 4, 1)
 MAY = date(2026, 5, 1)
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -38,16 +39,6 @@ LITELLM_REAL = Path(__file__).resolve().parents[2].parent / "shared/data/litellm
 def store(*events: NormalizedEvent) -> None:
     """One ingest batch through the real write path (any timestamp accepted)."""
     factories.store(*events, source="pricing-tests")
-
-
-def per_unit(metric: str, price: str, **kw: Any) -> ChargeInput:
-    return ChargeInput(
-        metric=metric,
-        price_model="per_unit",
-        unit_size=kw.pop("unit_size", MILLION),
-        unit_price=D(price),
-        **kw,
-    )
 
 
 def plan(code: str, *, flat_fee: str = "0", **kw: Any) -> Plan:
