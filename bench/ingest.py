@@ -449,7 +449,6 @@ def gunicorn_start(*, port: int, env: dict[str, str], log: Path) -> subprocess.P
                 "gunicorn",
                 "-c",
                 os.environ.get("GUNICORN_CONF", str(ROOT / "deploy" / "gunicorn.conf.py")),
-                "inferbill.wsgi:application",
             ],
             cwd=ROOT,
             env=env,
@@ -579,6 +578,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="gunicorn workers (GUNICORN_WORKERS)")
     parser.add_argument("--threads", type=int, help="gunicorn threads (GUNICORN_THREADS)")
     parser.add_argument("--worker-class", help="gunicorn worker class (GUNICORN_WORKER_CLASS)")
+    parser.add_argument(
+        "--app", help="application gunicorn serves (GUNICORN_APP; default inferbill.asgi)"
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request socket timeout")
     parser.add_argument(
         "--fresh",
@@ -601,6 +603,7 @@ def main() -> None:
         ("workers", "GUNICORN_WORKERS"),
         ("threads", "GUNICORN_THREADS"),
         ("worker_class", "GUNICORN_WORKER_CLASS"),
+        ("app", "GUNICORN_APP"),
     ):
         if getattr(args, option) is not None:
             env[name] = str(getattr(args, option))

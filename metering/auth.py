@@ -110,10 +110,12 @@ def api_principal_resolve(raw_key: str) -> ApiPrincipal | None:
     return principal
 
 
-def api_principal_recall(raw_key: str) -> ApiPrincipal | None:
+def api_principal_recall(raw_key: str, *, stamp: bool = True) -> ApiPrincipal | None:
     """The unconfirmed principal of a key this process has already checked against
-    the database, without a query; None when the key is not known here or its secret
-    does not match. See ApiPrincipal.confirmed."""
+    the database; None when the key is not known here or its secret does not match.
+    See ApiPrincipal.confirmed. Without a query, except to refresh the key's
+    last_used_at when that is due; with `stamp=False` never: a key whose stamp is
+    due is then not recalled (None), and the caller takes the way that queries."""
     parts = ApiKey.split(raw_key)
     if parts is None:
         return None
@@ -121,6 +123,8 @@ def api_principal_recall(raw_key: str) -> ApiPrincipal | None:
     known = _known.get(prefix)
     if known is None or not hmac.compare_digest(known.secret_hash, ApiKey.hash_secret(secret)):
         return None
+    if not stamp:
+        return None if _stamp_due(known.last_used_at, timezone.now()) else known.principal
     known.last_used_at = _last_used_stamp(known.principal.key_id, known.last_used_at)
     return known.principal
 
@@ -136,14 +140,19 @@ def _last_used_stamp(key_id: int, last_used_at: datetime | None) -> datetime | N
     """Refresh the key's last_used_at when it is older than the resolution; returns
     the value it now has, as far as this call knows."""
     now = timezone.now()
-    stale_before = now - timedelta(seconds=ApiKey.LAST_USED_RESOLUTION_SECONDS)
-    if last_used_at is None or last_used_at < stale_before:
+    if _stamp_due(last_used_at, now):
+        stale_before = now - timedelta(seconds=ApiKey.LAST_USED_RESOLUTION_SECONDS)
         # Conditional, so of many concurrent requests on a stale key only one writes.
         ApiKey.objects.filter(
             Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before), pk=key_id
         ).update(last_used_at=now)
         return now
     return last_used_at
+
+
+def _stamp_due(last_used_at: datetime | None, now: datetime) -> bool:
+    stale_before = now - timedelta(seconds=ApiKey.LAST_USED_RESOLUTION_SECONDS)
+    return last_used_at is None or last_used_at < stale_before
 
 
 MALFORMED_AUTHORIZATION = "Authorization must be 'Bearer <api key>'."

@@ -196,7 +196,7 @@ class IngestResult:
 
 
 @dataclass(slots=True)
-class _Row:
+class EventRow:
     key: bytes
     content: bytes
     # The key as 32 hex digits, which PostgreSQL reads as a uuid.
@@ -209,11 +209,12 @@ class _Row:
     fields: str
 
 
-def _dedupe(
+def events_rows(
     events: Iterable[NormalizedEvent], *, source_id: int, result: IngestResult
-) -> list[_Row]:
-    """Drop repeats inside one request: the first occurrence stands."""
-    first: dict[bytes, _Row] = {}
+) -> list[EventRow]:
+    """The rows to store, repeats inside one request dropped (the first occurrence
+    stands, the others are counted into `result`), in key order."""
+    first: dict[bytes, EventRow] = {}
     # Timestamps the sender did not give are all the request's time: formatted once.
     formatted: datetime | None = None
     formatted_text = ""
@@ -229,7 +230,7 @@ def _dedupe(
         content = event.content_hash_from(fields=fields)
         seen = first.get(key)
         if seen is None:
-            first[key] = _Row(key, content, key.hex(), event, timestamp, properties, fields)
+            first[key] = EventRow(key, content, key.hex(), event, timestamp, properties, fields)
             continue
         result.duplicates += 1
         if seen.content != content:
@@ -238,7 +239,7 @@ def _dedupe(
     return [first[key] for key in sorted(first)]
 
 
-def _row_values(row: _Row) -> tuple[Any, ...]:
+def _row_values(row: EventRow) -> tuple[Any, ...]:
     e = row.event
     return (
         uuid.UUID(bytes=row.key),
@@ -268,7 +269,7 @@ def _copy_escape(value: str) -> str:
     )
 
 
-def _copy_line(row: _Row, prefix: str, escape: Any = None) -> str:
+def _copy_line(row: EventRow, prefix: str, escape: Any = None) -> str:
     """One event row in COPY text format, after `prefix` (batch and source ids). Only
     the sender's strings can hold a character COPY treats specially; numbers, hashes
     and timestamps never do."""
@@ -281,7 +282,7 @@ def _copy_line(row: _Row, prefix: str, escape: Any = None) -> str:
     return f"{prefix}{row.key_hex}\t{event_id}\t{ce_source}\t{row.timestamp}\t{fields}\n"
 
 
-def _copy_text(rows: list[_Row], *, batch_id: int, source_id: int) -> bytes:
+def _copy_text(rows: list[EventRow], *, batch_id: int, source_id: int) -> bytes:
     """The rows in COPY text format. Built without escaping, then checked as a whole:
     if any sender string held a backslash, tab, newline or carriage return, the rows
     are built again with each such string escaped. (The only backslashes of our own
@@ -313,7 +314,7 @@ def events_store(
     when it is not. Commits before returning: a caller may acknowledge the events
     as durable."""
     result = IngestResult()
-    rows = _dedupe(events, source_id=source_id, result=result)
+    rows = events_rows(events, source_id=source_id, result=result)
     if not rows:
         return result
     if connection.vendor == "postgresql":
@@ -377,7 +378,7 @@ def _unwrap_errors(func: Any) -> Any:
 def _store_postgres(
     *,
     source_id: int,
-    rows: list[_Row],
+    rows: list[EventRow],
     received_at: datetime,
     confirm_key_id: int | None,
     result: IngestResult,
@@ -390,10 +391,13 @@ def _store_postgres(
     conflicts: list[str] = []
     nested = connection.in_atomic_block
     if len(rows) < COPY_THRESHOLD:
-        insert_sql, conflicts_sql = _values_sql(len(rows))
-        for i, row in enumerate(rows):
-            for j, value in enumerate(_row_values(row)):
-                params[f"v{i}_{j}"] = value
+        write = small_write(
+            source_id=source_id,
+            rows=rows,
+            received_at=received_at,
+            confirm_key_id=confirm_key_id,
+        )
+        insert_sql, conflicts_sql, params = write.insert_sql, write.conflicts_sql, write.params
 
         # One statement. Outside a transaction it is a transaction of its own, committed
         # before execute() returns, which saves the BEGIN and COMMIT round trips; inside
@@ -440,16 +444,58 @@ def _store_postgres(
                     cursor.execute(_CLAIM_CONFLICTS_SQL, params, prepare=True)
                     differing = {r[0] for r in cursor.fetchall()}
                     conflicts.extend(row.event.event_id for row in rows if row.key_hex in differing)
+    result_add(result, rows=rows, batch_id=batch_id, accepted=accepted, conflicts=conflicts)
+
+
+def result_add(
+    result: IngestResult,
+    *,
+    rows: list[EventRow],
+    batch_id: int | None,
+    accepted: int,
+    conflicts: list[str],
+) -> None:
+    """Count a stored write of `rows` into `result`."""
     result.conflicts.extend(conflicts)
     result.accepted += accepted
     result.duplicates += len(rows) - accepted
     result.batch_id = batch_id
 
 
+@dataclass(frozen=True, slots=True)
+class SmallWrite:
+    """The one statement that stores fewer than COPY_THRESHOLD rows (claim, insert
+    and the key check together; it answers the batch id, None when the key to
+    confirm is inactive, and how many rows were new), the statement that names the
+    conflicting duplicates, to run after it in the same transaction when not every
+    row was new, and their parameters."""
+
+    insert_sql: str
+    conflicts_sql: str
+    params: dict[str, Any]
+    n_rows: int
+
+
+def small_write(
+    *, source_id: int, rows: list[EventRow], received_at: datetime, confirm_key_id: int | None
+) -> SmallWrite:
+    assert 0 < len(rows) < COPY_THRESHOLD
+    insert_sql, conflicts_sql = _values_sql(len(rows))
+    params: dict[str, Any] = {
+        "source_id": source_id,
+        "received_at": received_at,
+        "key_id": confirm_key_id,
+    }
+    for i, row in enumerate(rows):
+        for j, value in enumerate(_row_values(row)):
+            params[f"v{i}_{j}"] = value
+    return SmallWrite(insert_sql, conflicts_sql, params, len(rows))
+
+
 def _store_sqlite(
     *,
     source_id: int,
-    rows: list[_Row],
+    rows: list[EventRow],
     received_at: datetime,
     confirm_key_id: int | None,
     result: IngestResult,

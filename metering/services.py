@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -114,17 +114,20 @@ def _decode_native(body: bytes) -> list[normalize.NativeFields] | None:
     return payload if isinstance(payload, list) else [payload]
 
 
-def events_ingest(
-    *, source_id: int, body: bytes, cloudevents: str | None, confirm_key_id: int | None = None
-) -> IngestOutcome:
-    """Validate a request body and store its valid events exactly once.
+@dataclass
+class ParsedEvents:
+    """A request body read and validated: the valid events, the rejections, and the
+    time the request was received (the default timestamp)."""
 
-    `cloudevents` is None for native events, "single" for one CloudEvent, "batch"
-    for a CloudEvents batch. Raises IngestError for a body that is not events at all.
-    With `confirm_key_id` (a key not yet checked in this request), the write checks
-    that the key is still active and raises metering.ingest.KeyInactive if not; when
-    nothing is valid, nothing is written, so nothing confirms the key either.
-    Returns only after the accepted events are committed."""
+    valid: list[normalize.NormalizedEvent]
+    rejected: list[dict[str, Any]]
+    received_at: datetime
+
+
+def events_parse(*, body: bytes, cloudevents: str | None) -> ParsedEvents:
+    """Decode and validate a request body; no database. `cloudevents` is None for
+    native events, "single" for one CloudEvent, "batch" for a CloudEvents batch.
+    Raises IngestError for a body that is not events at all."""
     max_events: int = settings.INFERBILL_MAX_BATCH_EVENTS
     typed = _decode_native(body) if cloudevents is None else None
     if typed is not None:
@@ -167,19 +170,37 @@ def events_ingest(
             )
         else:
             valid.append(event)
+    return ParsedEvents(valid=valid, rejected=rejected, received_at=limits.received_at)
+
+
+def events_ingest(
+    *, source_id: int, body: bytes, cloudevents: str | None, confirm_key_id: int | None = None
+) -> IngestOutcome:
+    """Validate a request body and store its valid events exactly once.
+
+    See `events_parse` for `cloudevents` and IngestError. With `confirm_key_id` (a
+    key not yet checked in this request), the write checks that the key is still
+    active and raises metering.ingest.KeyInactive if not; when nothing is valid,
+    nothing is written, so nothing confirms the key either. Returns only after the
+    accepted events are committed."""
+    parsed = events_parse(body=body, cloudevents=cloudevents)
     stored = (
         events_store(
             source_id=source_id,
-            events=valid,
-            received_at=limits.received_at,
+            events=parsed.valid,
+            received_at=parsed.received_at,
             confirm_key_id=confirm_key_id,
         )
-        if valid
+        if parsed.valid
         else IngestResult()
     )
+    return ingest_outcome(parsed=parsed, stored=stored)
+
+
+def ingest_outcome(*, parsed: ParsedEvents, stored: IngestResult) -> IngestOutcome:
     return IngestOutcome(
         accepted=stored.accepted,
         duplicates=stored.duplicates,
-        rejected=rejected,
+        rejected=parsed.rejected,
         conflicts=stored.conflicts,
     )

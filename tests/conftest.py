@@ -4,12 +4,16 @@ tests that need PostgreSQL are marked `postgres` and skipped, with the reason, o
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from django.db import connection
+from django.test.utils import modify_settings
 
 from metering.services import api_key_create
 
@@ -51,11 +55,56 @@ def make_key(db: None) -> Callable[..., str]:
     return make
 
 
+class AsgiLiveServer:
+    """The ASGI application (inferbill.asgi, as deploy/gunicorn.conf.py serves it)
+    under uvicorn with uvloop and httptools, in a thread of the test process."""
+
+    def __init__(self) -> None:
+        import uvicorn
+
+        from inferbill.asgi import InferbillASGIHandler
+
+        # An application of its own: stop() closes its database sessions, so the test
+        # database can be dropped at the end.
+        self.application = application = InferbillASGIHandler()
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://localhost:{sock.getsockname()[1]}"
+        config = uvicorn.Config(
+            application, lifespan="off", log_level="warning", loop="uvloop", http="httptools"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self.thread.start()
+        # What pytest-django's live server does while a test uses it.
+        self._live_server_modified_settings = modify_settings(ALLOWED_HOSTS={"append": "localhost"})
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.application.close()
+
+
 @pytest.fixture(scope="session")
 def live_server() -> Iterator[Any]:
-    """pytest-django's live server, serving the application gunicorn serves
-    (inferbill.wsgi.application, with its direct route for POST /v1/events) rather
-    than Django's bare handler, so HTTP tests go the way production requests go."""
+    """A live server serving what production serves, so HTTP tests go the way
+    production requests go: on PostgreSQL the ASGI application under uvicorn (group
+    commit and all); on SQLite, whose in-memory test database only pytest-django's
+    own server thread can share, the WSGI application (inferbill.wsgi, with its direct
+    route for POST /v1/events)."""
+    if connection.vendor == "postgresql":
+        server: Any = AsgiLiveServer()
+        yield server
+        server.stop()
+        return
     from pytest_django.live_server_helper import LiveServer
 
     from inferbill.wsgi import application

@@ -128,7 +128,7 @@ def _plain(prefix: str, n: int, **fields: object) -> list[NormalizedEvent]:
 def test_missing_latencies_alone_need_no_escaping(transactional_db: None) -> None:
     source = Source.objects.create(name="nulls")
     events = _plain("n", 20)
-    rows = ingest._dedupe(events, source_id=source.id, result=ingest.IngestResult())
+    rows = ingest.events_rows(events, source_id=source.id, result=ingest.IngestResult())
     text = ingest._copy_text(rows, batch_id=1, source_id=source.id).decode()
     # Built once, unescaped: each missing latency is its own \N and nothing else is.
     assert text == "".join(ingest._copy_line(row, f"1\t{source.id}\t") for row in rows)

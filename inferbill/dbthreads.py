@@ -1,0 +1,69 @@
+"""Threads that do an event loop's blocking database work (inferbill.asgi)."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.db import connections
+
+T = TypeVar("T")
+
+
+def future_resolve(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], outcome: Any, failed: bool
+) -> None:
+    """From another thread: settle `future` on its loop, unless it was cancelled (the
+    client went away)."""
+
+    def resolve() -> None:
+        if future.done():
+            return
+        if failed:
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    loop.call_soon_threadsafe(resolve)
+
+
+class DatabaseThreads:
+    """A fixed set of threads, each keeping its own Django database connection
+    between calls (CONN_MAX_AGE, as a gunicorn thread does) and closing it when the
+    set is closed, so that nothing holds a session after shutdown."""
+
+    def __init__(self, count: int, *, name: str) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def run(self, call: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((call, loop, future))
+        return await future
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _serve(self) -> None:
+        try:
+            while (work := self._queue.get()) is not None:
+                call, loop, future = work
+                try:
+                    outcome, failed = call(), False
+                except BaseException as exc:
+                    outcome, failed = exc, True
+                future_resolve(loop, future, outcome, failed)
+        finally:
+            connections.close_all()
