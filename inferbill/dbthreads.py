@@ -36,25 +36,34 @@ class DatabaseThreads:
     set is closed, so that nothing holds a session after shutdown."""
 
     def __init__(self, count: int, *, name: str) -> None:
+        self._count, self._name = count, name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
-            for i in range(count)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads: list[threading.Thread] = []
 
     async def run(self, call: Callable[[], T]) -> T:
+        if not self._threads:
+            # Started on first use, in the process that serves: gunicorn loads the
+            # application in its master and forks, and threads do not survive a fork.
+            self._start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put((call, loop, future))
         return await future
+
+    def _start(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{self._name}-{i}", daemon=True)
+            for i in range(self._count)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def close(self) -> None:
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout=30)
+        self._threads = []
 
     def _serve(self) -> None:
         try:
