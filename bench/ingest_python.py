@@ -75,7 +75,7 @@ def main() -> None:
     prepared = [normalised(body) for body in bodies]
 
     def rows(events: list[normalize.NormalizedEvent]) -> None:
-        built = ingest._dedupe(events, source_id=1, result=ingest.IngestResult())
+        built = ingest.events_rows(events, source_id=1, result=ingest.IngestResult())
         ingest._copy_text(built, batch_id=1, source_id=1)
 
     stages = {

@@ -158,6 +158,20 @@ _CLAIM_SQL = f"""
            CASE WHEN count(*) < %(n)s THEN string_agg(replace(key_hash::text, '-', ''), ',') END
     FROM claimed
 """
+# The same claim, for when no key is stored yet (the common case: new events): a
+# plain INSERT checks each key's uniqueness in the one index descent that inserts
+# it, where ON CONFLICT first probes the index for every key and then descends
+# again to insert. A single stored key makes it fail (unique_violation), and then
+# the claim above runs instead, in the same transaction.
+_CLAIM_NEW_SQL = f"""
+    WITH {_BATCH_CTE}, claimed AS (
+        INSERT INTO metering_eventkey (key_hash, content_hash)
+        SELECT k, c FROM unnest(%(keys)s::uuid[], %(contents)s::uuid[]) AS t (k, c)
+        CROSS JOIN batch ORDER BY k
+        RETURNING 1
+    )
+    SELECT (SELECT id FROM batch), count(*), NULL FROM claimed
+"""
 # Of the keys that were already stored, those whose content differs from this send.
 _CLAIM_CONFLICTS_SQL = """
     SELECT replace(t.k::text, '-', '')
@@ -429,8 +443,7 @@ def _store_postgres(
         with transaction.atomic(), connection.wrap_database_errors:
             connection.ensure_connection()
             with psycopg.Cursor(connection.connection) as cursor:
-                cursor.execute(_CLAIM_SQL, params, prepare=True)
-                batch_id, accepted, claimed_keys = cursor.fetchone()
+                batch_id, accepted, claimed_keys = _claim(cursor, params)
                 if batch_id is None:
                     raise KeyInactive
                 claimed = rows
@@ -445,6 +458,23 @@ def _store_postgres(
                     differing = {r[0] for r in cursor.fetchall()}
                     conflicts.extend(row.event.event_id for row in rows if row.key_hex in differing)
     result_add(result, rows=rows, batch_id=batch_id, accepted=accepted, conflicts=conflicts)
+
+
+def _claim(cursor: psycopg.Cursor[Any], params: dict[str, Any]) -> tuple[Any, ...]:
+    """(batch id, keys claimed, which keys when not all) for a COPY-path batch,
+    inside the caller's transaction."""
+    cursor.execute("SAVEPOINT claim_new")
+    try:
+        cursor.execute(_CLAIM_NEW_SQL, params, prepare=True)
+        row = cursor.fetchone()
+    except psycopg.errors.UniqueViolation:
+        # Some key is stored already (a retry, a duplicate) or was just stored by a
+        # concurrent request: claim key by key instead.
+        cursor.execute("ROLLBACK TO SAVEPOINT claim_new")
+        cursor.execute(_CLAIM_SQL, params, prepare=True)
+        row = cursor.fetchone()
+    assert row is not None
+    return tuple(row)
 
 
 def result_add(
