@@ -23,6 +23,8 @@ from django.core.handlers.asgi import ASGIHandler
 from django.http.request import split_domain_port, validate_host
 from django.urls import reverse
 
+from inferbill.gctune import gc_tune
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inferbill.settings")
 
 
@@ -93,7 +95,9 @@ class InferbillASGIHandler:
 
 def get_application() -> InferbillASGIHandler:
     django.setup(set_prefix=False)
-    return InferbillASGIHandler()
+    handler = InferbillASGIHandler()
+    gc_tune()
+    return handler
 
 
 application = get_application()

@@ -25,6 +25,8 @@ from django.urls import reverse
 from django.utils.log import log_response
 from gunicorn.http.body import Body, LengthReader
 
+from inferbill.gctune import gc_tune
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inferbill.settings")
 
 
@@ -91,7 +93,9 @@ class InferbillWSGIHandler(WSGIHandler):
 
 def get_application() -> Any:
     django.setup(set_prefix=False)
-    return InferbillWSGIHandler()
+    handler = InferbillWSGIHandler()
+    gc_tune()
+    return handler
 
 
 application = get_application()
