@@ -1,0 +1,142 @@
+"""The production server: gunicorn with deploy/gunicorn.conf.py (uvicorn's worker,
+inferbill.asgi), started as a real process against the test database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+
+from metering.models import Event, IngestBatch
+from tests.metering.helpers import event
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _sessions_on_test_database() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
+@pytest.fixture
+def production_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """gunicorn as deployed (two workers, preloaded app), on the test database."""
+    settings = connection.settings_dict
+    database_url = (
+        f"postgres://{settings['USER'] or 'postgres'}@{settings['HOST'] or '127.0.0.1'}:"
+        f"{settings['PORT'] or 5432}/{settings['NAME']}"
+    )
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "2",
+        "CELERY_BROKER_URL": "",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+    }
+    process = subprocess.Popen(  # noqa: S603 (fixed argv)
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/v1/schema", timeout=2)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    stderr = process.stderr.read().decode() if process.stderr else ""
+                    pytest.fail(f"gunicorn did not start: {stderr[-2000:]}")
+                time.sleep(0.2)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_production_server_stores_each_kind_of_request_once_and_stops_cleanly(
+    production_server: tuple[str, subprocess.Popen[bytes]], make_key: Callable[..., str]
+) -> None:
+    url, process = production_server
+    headers = {"Authorization": f"Bearer {make_key()}", "Content-Type": "application/json"}
+    batch = [event(f"b{i}", input_tokens=i) for i in range(50)]  # the COPY path
+    cloud_event = {
+        "specversion": "1.0",
+        "id": "ce-1",
+        "source": "/svc",
+        "type": "inference",
+        "subject": "acme",
+        "data": {"model": "gpt-4o", "input_tokens": 7},
+    }
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        # The first request resolves the key in a database thread; later ones are
+        # recalled on the event loop and single events are group-committed.
+        answers = [client.post("/v1/events", content=json.dumps(event(f"s{i}"))) for i in range(5)]
+        answers.append(client.post("/v1/events", content=json.dumps(batch)))
+        answers.append(client.post("/v1/events", content=json.dumps(batch)))  # a retry
+        answers.append(
+            client.post(
+                "/v1/events",
+                content=json.dumps(cloud_event),
+                headers={"Content-Type": "application/cloudevents+json"},
+            )
+        )
+        refused = client.post(
+            "/v1/events", content=b"[]", headers={"Authorization": "Bearer ib_0_nope"}
+        )
+        usage = client.get("/v1/customers/acme/usage")
+    assert [a.status_code for a in answers] == [202] * 8, [a.text for a in answers]
+    assert [a.json()["accepted"] for a in answers] == [1, 1, 1, 1, 1, 50, 0, 1]
+    assert answers[6].json()["duplicates"] == 50
+    assert refused.status_code == 401
+    assert usage.status_code == 200
+    assert usage.json()["totals"]["requests"] == 56
+    assert usage.json()["totals"]["input_tokens"] == 5 * 10 + sum(range(50)) + 7
+    assert Event.objects.count() == 56
+    # One batch row per request that wrote (the all-duplicate retry's holds no event).
+    assert IngestBatch.objects.count() == 8
+
+    before_stop = _sessions_on_test_database()
+    assert before_stop > 0  # the workers hold database sessions while they serve
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    # A graceful stop (lifespan shutdown joins the writer and database threads) ends
+    # in time and leaves no session behind.
+    deadline = time.monotonic() + 10
+    while _sessions_on_test_database() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _sessions_on_test_database() == 0
