@@ -73,13 +73,12 @@ class EventsEndpoint:
         try:
             status, headers, body = await self._answer(scope, receive)
         except _Unavailable:
+            logger.error("Service Unavailable (database): %s", scope.get("path"))
             status, headers = 503, [_JSON, (b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
             body = _encoder.encode(DATABASE_UNAVAILABLE)
         except Exception:
             logger.exception("Internal Server Error: %s", scope.get("path"))
             status, headers, body = 500, [_JSON], b'{"detail": "Internal server error."}'
-        if status >= 500:
-            logger.error("%s: %s", status, scope.get("path"))
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
