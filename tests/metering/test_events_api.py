@@ -641,9 +641,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def server_without_database() -> Iterator[str]:
-    """A second, real server process (gunicorn) whose DATABASE_URL names a closed port."""
+@pytest.fixture(params=["wsgi", "production"])
+def server_without_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A second, real server process (gunicorn) whose DATABASE_URL names a closed port:
+    the WSGI application, or what production runs (deploy/gunicorn.conf.py: the ASGI
+    application under uvicorn's worker, which answers a known key's small writes on
+    its event loop)."""
     port, dead_db_port = _free_port(), _free_port()
     env = {
         **os.environ,
@@ -651,17 +654,21 @@ def server_without_database() -> Iterator[str]:
         "DATABASE_CONNECT_TIMEOUT": "2",
         "CELERY_BROKER_URL": "",
     }
-    process = subprocess.Popen(  # noqa: S603 (fixed argv)
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
+    gunicorn = [sys.executable, "-m", "gunicorn"]
+    if request.param == "wsgi":
+        argv = [
+            *gunicorn,
             "inferbill.wsgi:application",
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",
             "1",
-        ],
+        ]
+    else:
+        argv = [*gunicorn, "-c", "deploy/gunicorn.conf.py"]
+        env |= {"GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "1"}
+    process = subprocess.Popen(  # noqa: S603 (fixed argv)
+        argv,
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -672,13 +679,16 @@ def server_without_database() -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(f"{url}/v1/schema", timeout=2)
+                ready = httpx.get(f"{url}/v1/schema", timeout=2)
                 break
             except httpx.TransportError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     stderr = process.stderr.read().decode() if process.stderr else ""
                     pytest.fail(f"gunicorn did not start: {stderr[-2000:]}")
                 time.sleep(0.2)
+        # Each variant is served by the worker it names.
+        expected = "uvicorn" if request.param == "production" else "gunicorn"
+        assert ready.headers.get("server") == expected
         yield url
     finally:
         process.terminate()
@@ -699,6 +709,18 @@ def test_database_unreachable_503_with_retry_after(server_without_database: str)
         assert response.status_code == 503
         assert int(response.headers["Retry-After"]) > 0
         assert "nothing was stored" in response.json()["detail"]
+        # A key of the shape the server issues, and one event as an object: the
+        # request the ASGI path answers itself once it knows the key. Unknown here (no
+        # database to know it from), it is looked up first, and that fails the same way.
+        issued_shape, _, _ = ApiKey.generate()
+        one = client.post(
+            "/v1/events",
+            content=json.dumps(event("b")),
+            headers={"Authorization": f"Bearer {issued_shape}"},
+        )
+        assert one.status_code == 503
+        assert int(one.headers["Retry-After"]) > 0
+        assert "nothing was stored" in one.json()["detail"]
         read = client.get("/v1/customers/acme/usage")
         assert read.status_code == 503
         assert int(read.headers["Retry-After"]) > 0
