@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -25,8 +25,17 @@ from metering.normalize.checks import (
 )
 from metering.normalize.events import NormalizedEvent, _fill_usage, native_event
 
+# Limits msgspec checks in C while it decodes; a value beyond one fails the typed
+# decode, and the generic path then names the field (see NativeFields).
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+_Model = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL_LENGTH)]
+_Label = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_LENGTH)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
+_Latency = Annotated[int, msgspec.Meta(ge=0, le=MAX_LATENCY_MS)]
 
-class NativeFields(msgspec.Struct, forbid_unknown_fields=True):
+
+# gc=False: decoded from JSON, an instance can hold no reference cycle.
+class NativeFields(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A native event as clean senders send it, for msgspec's typed decoder.
 
     A body of these decodes several times faster than into dicts, and the types are
@@ -37,20 +46,20 @@ class NativeFields(msgspec.Struct, forbid_unknown_fields=True):
     those of `native_event` on the same JSON object (tests/metering check this).
     """
 
-    event_id: str
-    customer: str
+    event_id: _Id
+    customer: _Id
     timestamp: str | None | UnsetType = UNSET
-    model: str | None | UnsetType = UNSET
-    provider: str | None | UnsetType = UNSET
-    hardware: str | None | UnsetType = UNSET
-    input_tokens: int | None | UnsetType = UNSET
-    cache_read_input_tokens: int | None | UnsetType = UNSET
-    cache_write_input_tokens: int | None | UnsetType = UNSET
-    output_tokens: int | None | UnsetType = UNSET
-    reasoning_output_tokens: int | None | UnsetType = UNSET
+    model: _Model | None | UnsetType = UNSET
+    provider: _Label | None | UnsetType = UNSET
+    hardware: _Label | None | UnsetType = UNSET
+    input_tokens: _Count | None | UnsetType = UNSET
+    cache_read_input_tokens: _Count | None | UnsetType = UNSET
+    cache_write_input_tokens: _Count | None | UnsetType = UNSET
+    output_tokens: _Count | None | UnsetType = UNSET
+    reasoning_output_tokens: _Count | None | UnsetType = UNSET
     # Untyped: numbers arrive as Decimal through the decoder's float hook.
     gpu_seconds: Any = UNSET
-    latency_ms: int | None | UnsetType = UNSET
+    latency_ms: _Latency | None | UnsetType = UNSET
     properties: Any = UNSET
     usage: Any = UNSET
     attributes: Any = UNSET
@@ -79,20 +88,15 @@ def _native_clean(item: NativeFields, limits: Limits) -> NormalizedEvent | None:
     """The event when nothing in it is wrong; None when `native_event` must look.
 
     Checks the same rules as `native_event` (sharing its helpers where they are not
-    trivial), but stops at the first problem instead of naming every one."""
+    trivial), but stops at the first problem instead of naming every one. String
+    lengths and count ranges were checked by the typed decode (NativeFields)."""
     event_id, customer, model = item.event_id, item.customer, item.model
-    if not (0 < len(event_id) <= MAX_ID_LENGTH and 0 < len(customer) <= MAX_ID_LENGTH):
-        return None
     provider = item.provider
     if provider is UNSET or provider is None:
         provider = ""
-    elif len(provider) > MAX_LABEL_LENGTH:
-        return None
     hardware = item.hardware
     if hardware is UNSET or hardware is None:
         hardware = ""
-    elif len(hardware) > MAX_LABEL_LENGTH:
-        return None
     # Token counts come from the canonical fields, `usage` or `attributes`: one of them.
     usage, attributes = item.usage, item.attributes
     if usage is UNSET and attributes is UNSET:
@@ -107,8 +111,6 @@ def _native_clean(item: NativeFields, limits: Limits) -> NormalizedEvent | None:
         if attributes is UNSET:
             return None
         model = ""  # gen_ai.request.model in the attributes may name it
-    elif not 0 < len(model) <= MAX_MODEL_LENGTH:
-        return None
     if "\x00" in event_id or "\x00" in customer or "\x00" in model:
         return None
     if "\x00" in provider or "\x00" in hardware:
@@ -127,16 +129,12 @@ def _native_clean(item: NativeFields, limits: Limits) -> NormalizedEvent | None:
             return None  # token fields beside usage or attributes
         elif count is None:
             counts[i] = 0
-        elif not 0 <= count <= MAX_TOKENS:
-            return None
     input_tokens, cache_read, cache_write, output_tokens, reasoning = counts
     if cache_read + cache_write > input_tokens or reasoning > output_tokens:
         return None
     latency = item.latency_ms
     if latency is UNSET:
         latency = None
-    elif latency is not None and not 0 <= latency <= MAX_LATENCY_MS:
-        return None
     errors: Errors = {}
     gpu_seconds = item.gpu_seconds
     gpu_seconds = (
