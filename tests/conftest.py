@@ -94,12 +94,13 @@ class AsgiLiveServer:
 
 
 @pytest.fixture(scope="session")
-def live_server() -> Iterator[Any]:
+def live_server(django_db_setup: None) -> Iterator[Any]:
     """A live server serving what production serves, so HTTP tests go the way
     production requests go: on PostgreSQL the ASGI application under uvicorn (group
     commit and all); on SQLite, whose in-memory test database only pytest-django's
     own server thread can share, the WSGI application (inferbill.wsgi, with its direct
-    route for POST /v1/events)."""
+    route for POST /v1/events). It depends on django_db_setup so that it stops, and
+    closes its database sessions, before the test database is dropped."""
     if connection.vendor == "postgresql":
         server: Any = AsgiLiveServer()
         yield server
