@@ -31,11 +31,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _sessions_on_test_database() -> int:
+APPLICATION_NAME = "inferbill-production-server-test"
+
+
+def _server_sessions() -> int:
+    """The database sessions the server process holds (its connections carry
+    APPLICATION_NAME; the test's own live server may hold others)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            [APPLICATION_NAME],
         )
         (count,) = cursor.fetchone()
     return int(count)
@@ -47,7 +52,7 @@ def production_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     settings = connection.settings_dict
     database_url = (
         f"postgres://{settings['USER'] or 'postgres'}@{settings['HOST'] or '127.0.0.1'}:"
-        f"{settings['PORT'] or 5432}/{settings['NAME']}"
+        f"{settings['PORT'] or 5432}/{settings['NAME']}?application_name={APPLICATION_NAME}"
     )
     port = _free_port()
     env = {
@@ -130,13 +135,13 @@ def test_production_server_stores_each_kind_of_request_once_and_stops_cleanly(
     # One batch row per request that wrote (the all-duplicate retry's holds no event).
     assert IngestBatch.objects.count() == 8
 
-    before_stop = _sessions_on_test_database()
+    before_stop = _server_sessions()
     assert before_stop > 0  # the workers hold database sessions while they serve
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
     # A graceful stop (lifespan shutdown joins the writer and database threads) ends
     # in time and leaves no session behind.
     deadline = time.monotonic() + 10
-    while _sessions_on_test_database() and time.monotonic() < deadline:
+    while _server_sessions() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _sessions_on_test_database() == 0
+    assert _server_sessions() == 0
