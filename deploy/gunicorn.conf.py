@@ -8,11 +8,14 @@ event loop and small writes are group-committed (metering.group_commit); everyth
 else is Django's ASGI handler. On the 2-core benchmark box a do-nothing app answers
 about 7,200 requests/s from gunicorn's gthread worker and 21,900 from this one.
 
-Sizing: one process per core plus one, so that batches of 1,000 events (CPU-bound
-in Python) run on every core while another worker waits for PostgreSQL. Each worker
-holds INFERBILL_GROUP_COMMIT_CONNECTIONS (2) connections for group commits and up
-to INFERBILL_ASGI_DB_THREADS (4) for batches and the rest: workers x 6 must stay
-below the server's max_connections. bench/ingest.py --workers tries others.
+Sizing: two processes per core. A batch of 1,000 events is CPU-bound in Python (its
+validation on the event loop, its rows in a database thread, both under the one
+GIL of its process), so two batches that land in one process take turns; with a
+process for each of the benchmark's 4 batch clients, (a) ran at 61,216 and 55,369
+events/s against 58,365 and 43,536 with 3 processes, in alternating runs on the 2-core
+box. Each worker holds INFERBILL_GROUP_COMMIT_CONNECTIONS (2) connections for group
+commits and up to INFERBILL_ASGI_DB_THREADS (4) for batches and the rest: workers x 6
+must stay below the server's max_connections. bench/ingest.py --workers tries others.
 
 Every knob can be overridden from the environment: GUNICORN_BIND (default
 127.0.0.1:8000), GUNICORN_WORKERS (or WEB_CONCURRENCY), GUNICORN_WORKER_CLASS,
@@ -31,7 +34,7 @@ cores = os.cpu_count() or 1
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 wsgi_app = os.environ.get("GUNICORN_APP", "inferbill.asgi:application")
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "uvicorn_worker.UvicornWorker")
-workers = int(os.environ.get("GUNICORN_WORKERS") or os.environ.get("WEB_CONCURRENCY") or cores + 1)
+workers = int(os.environ.get("GUNICORN_WORKERS") or os.environ.get("WEB_CONCURRENCY") or 2 * cores)
 threads = int(os.environ.get("GUNICORN_THREADS", "6"))
 # Load the app once in the master and fork: faster start, shared memory. Settings do
 # no network I/O at import, so no database connection is shared across the fork.
