@@ -13,8 +13,10 @@ validation on the event loop, its rows in a database thread, both under the one
 GIL of its process), so two batches that land in one process take turns; with a
 process for each of the benchmark's 4 batch clients, (a) ran at 61,216 and 55,369
 events/s against 58,365 and 43,536 with 3 processes, in alternating runs on the 2-core
-box. Each worker holds INFERBILL_GROUP_COMMIT_CONNECTIONS (2) connections for group
-commits and up to INFERBILL_ASGI_DB_THREADS (4) for batches and the rest: workers x 6
+box. Each worker holds INFERBILL_GROUP_COMMIT_CONNECTIONS (1) connection for group
+commits (one writer per worker makes fuller groups: 16 single-event clients got
+3,775 and 3,174 requests/s from 4 workers with one writer each, 3,363 and 2,724 with
+two each) and up to INFERBILL_ASGI_DB_THREADS (4) for batches and the rest: workers x 5
 must stay below the server's max_connections. bench/ingest.py --workers tries others.
 
 Every knob can be overridden from the environment: GUNICORN_BIND (default

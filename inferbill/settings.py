@@ -174,7 +174,7 @@ INFERBILL_MAX_BODY_BYTES = 5 * 1024 * 1024
 # event loop hands off (batches, refusals), and connections per process that
 # group-commit small writes (metering.group_commit).
 INFERBILL_ASGI_DB_THREADS = int(os.environ.get("INFERBILL_ASGI_DB_THREADS", "4"))
-INFERBILL_GROUP_COMMIT_CONNECTIONS = int(os.environ.get("INFERBILL_GROUP_COMMIT_CONNECTIONS", "2"))
+INFERBILL_GROUP_COMMIT_CONNECTIONS = int(os.environ.get("INFERBILL_GROUP_COMMIT_CONNECTIONS", "1"))
 INFERBILL_INVOICE_GRACE_HOURS = int(os.environ.get("INFERBILL_INVOICE_GRACE_HOURS", "24"))
 
 # Pricing: margin flags and who hears about them.

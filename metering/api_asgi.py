@@ -62,7 +62,7 @@ class EventsEndpoint:
     """An ASGI callable for POST /v1/events; one per process (it holds the loop's
     GroupWriter and the database threads)."""
 
-    def __init__(self, *, db_threads: int = 4, group_connections: int = 2) -> None:
+    def __init__(self, *, db_threads: int = 4, group_connections: int = 1) -> None:
         self._threads = DatabaseThreads(db_threads, name="inferbill-db")
         self._group_connections = group_connections
         self._writer: GroupWriter | None = None

@@ -187,7 +187,7 @@ class GroupWriter:
     waits in C with the GIL released. The event loop only queues a job and awaits
     its future."""
 
-    def __init__(self, *, connections: int = 2, max_group: int = 64) -> None:
+    def __init__(self, *, connections: int = 1, max_group: int = 64) -> None:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._max_group = max_group
         self._threads = [
