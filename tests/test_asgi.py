@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,17 +16,9 @@ from django.db import connection
 
 from metering.models import Event, IngestBatch
 from tests.metering.helpers import event
+from tests.servers import ROOT, free_port, gunicorn_serving
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 APPLICATION_NAME = "inferbill-production-server-test"
 
@@ -54,7 +43,7 @@ def production_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         f"postgres://{settings['USER'] or 'postgres'}@{settings['HOST'] or '127.0.0.1'}:"
         f"{settings['PORT'] or 5432}/{settings['NAME']}?application_name={APPLICATION_NAME}"
     )
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -63,34 +52,9 @@ def production_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         "CELERY_BROKER_URL": "",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
     }
-    process = subprocess.Popen(  # noqa: S603 (fixed argv)
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/v1/schema", timeout=2)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    stderr = process.stderr.read().decode() if process.stderr else ""
-                    pytest.fail(f"gunicorn did not start: {stderr[-2000:]}")
-                time.sleep(0.2)
+    arguments = ["-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
+    with gunicorn_serving(arguments, port=port, env=env) as (url, _, process):
         yield url, process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def test_production_server_stores_each_kind_of_request_once_and_stops_cleanly(

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -21,6 +18,7 @@ from django.db import connection
 from metering.models import ApiKey, Event, EventKey, IngestBatch
 from metering.services import api_key_revoke
 from tests.metering.helpers import event, iso, post, totals
+from tests.servers import free_port, gunicorn_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 Api = Callable[..., httpx.Client]
@@ -635,68 +633,29 @@ def test_cloud_event_content_types_take_their_shape(api: Api) -> None:
 # --- the database unreachable -------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(params=["wsgi", "production"])
 def server_without_database(request: pytest.FixtureRequest) -> Iterator[str]:
     """A second, real server process (gunicorn) whose DATABASE_URL names a closed port:
     the WSGI application, or what production runs (deploy/gunicorn.conf.py: the ASGI
     application under uvicorn's worker, which answers a known key's small writes on
     its event loop)."""
-    port, dead_db_port = _free_port(), _free_port()
+    port, dead_db_port = free_port(), free_port()
     env = {
         **os.environ,
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:{dead_db_port}/inferbill",
         "DATABASE_CONNECT_TIMEOUT": "2",
         "CELERY_BROKER_URL": "",
     }
-    gunicorn = [sys.executable, "-m", "gunicorn"]
     if request.param == "wsgi":
-        argv = [
-            *gunicorn,
-            "inferbill.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-        ]
+        arguments = ["inferbill.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
     else:
-        argv = [*gunicorn, "-c", "deploy/gunicorn.conf.py"]
+        arguments = ["-c", "deploy/gunicorn.conf.py"]
         env |= {"GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "1"}
-    process = subprocess.Popen(  # noqa: S603 (fixed argv)
-        argv,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                ready = httpx.get(f"{url}/v1/schema", timeout=2)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    stderr = process.stderr.read().decode() if process.stderr else ""
-                    pytest.fail(f"gunicorn did not start: {stderr[-2000:]}")
-                time.sleep(0.2)
+    with gunicorn_serving(arguments, port=port, env=env) as (url, ready, _):
         # Each variant is served by the worker it names.
         expected = "uvicorn" if request.param == "production" else "gunicorn"
         assert ready.headers.get("server") == expected
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_database_unreachable_503_with_retry_after(server_without_database: str) -> None:
