@@ -134,15 +134,17 @@ class EventsEndpoint:
         self, *, source_id: int, parsed_valid: list[Any], received_at: Any, key_id: int
     ) -> IngestResult:
         """Store valid events, confirming the key in the write (KeyInactive if not)."""
-        if not self._postgres or len(parsed_valid) >= COPY_THRESHOLD:
-            return await self._in_thread(
-                lambda: events_store(
-                    source_id=source_id,
-                    events=parsed_valid,
-                    received_at=received_at,
-                    confirm_key_id=key_id,
-                )
+
+        def store() -> IngestResult:
+            return events_store(
+                source_id=source_id,
+                events=parsed_valid,
+                received_at=received_at,
+                confirm_key_id=key_id,
             )
+
+        if not self._postgres or len(parsed_valid) >= COPY_THRESHOLD:
+            return await self._in_thread(store)
         result = IngestResult()
         rows = events_rows(parsed_valid, source_id=source_id, result=result)
         job = GroupJob(
@@ -155,14 +157,7 @@ class EventsEndpoint:
         except psycopg.Error:
             # Failed alone, on a live connection: a month without its partition yet.
             # metering.ingest knows what to do with that; nothing was stored.
-            return await self._in_thread(
-                lambda: events_store(
-                    source_id=source_id,
-                    events=parsed_valid,
-                    received_at=received_at,
-                    confirm_key_id=key_id,
-                )
-            )
+            return await self._in_thread(store)
         if outcome.batch_id is None:
             raise KeyInactive
         result_add(
