@@ -236,10 +236,11 @@ class GroupWriter:
                 conn.close()
 
     def _flush(
-        self, conn: psycopg.Connection[Any] | None, group: list[_Pending]
+        self, conn: psycopg.Connection[Any] | None, group: list[_Pending], *, retry: bool = True
     ) -> psycopg.Connection[Any] | None:
         """Write the group in one transaction, or, if that fails, each job alone.
         Returns the connection to keep (None if it broke)."""
+        kept = conn is not None and not conn.closed
         try:
             if conn is None or conn.closed:
                 conn = psycopg.connect(**connection_kwargs(), autocommit=True)
@@ -249,9 +250,17 @@ class GroupWriter:
                 conn.execute("SET plan_cache_mode = force_generic_plan")
             outcomes = group_write(conn, [pending.job for pending in group])
         except Exception as exc:
-            if conn is not None and (conn.closed or conn.broken):
+            broken = conn is not None and (conn.closed or conn.broken)
+            if broken:
+                assert conn is not None
                 conn.close()
                 conn = None
+            if broken and kept and retry:
+                # The connection kept from the last write died since (a database
+                # restart): once more on a new one, as Django's own health check would.
+                # Safe to repeat: had the statement committed, its events come back as
+                # duplicates.
+                return self._flush(None, group, retry=False)
             if len(group) == 1:
                 group[0].answer(exc)
                 return conn

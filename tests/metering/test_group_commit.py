@@ -361,6 +361,41 @@ def test_a_failing_job_in_a_group_fails_alone(
 # --- over HTTP: concurrent single-event requests, the case group commit is for --------
 
 
+def _writer_backends() -> list[int]:
+    """Backends other than this test's that last ran the group statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND query LIKE %s",
+            ["%WITH s AS (%SELECT * FROM unnest(%"],
+        )
+        return [pid for (pid,) in cursor.fetchall()]
+
+
+def test_a_writer_whose_connection_died_writes_on_a_new_one(
+    pg: PgConnection, source: Source
+) -> None:
+    """A database restart kills the connection a writer kept; its next write is not
+    refused (which the API would answer 503) but made on a new connection."""
+
+    async def scenario() -> tuple[WriteOutcome, WriteOutcome]:
+        writer = GroupWriter(connections=1)
+        try:
+            first = await writer.write(job(source.id, "before"))
+            backends = await asyncio.to_thread(_writer_backends)
+            assert len(backends) == 1
+            pg.execute("SELECT pg_terminate_backend(%s)", [backends[0]])
+            second = await asyncio.wait_for(writer.write(job(source.id, "after")), timeout=60)
+            assert await asyncio.to_thread(_writer_backends) not in ([], backends)
+            return first, second
+        finally:
+            await asyncio.to_thread(writer.close)
+
+    first, second = asyncio.run(scenario())
+    assert (first.accepted, second.accepted) == (1, 1)
+    assert set(stored_by_id()) == {"before", "after"}
+
+
 def test_concurrent_single_event_posts_store_each_event_once(
     api: Api, make_key: Callable[..., str]
 ) -> None:
