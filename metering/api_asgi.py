@@ -174,6 +174,8 @@ class EventsEndpoint:
 
         def run() -> tuple[int, list[Any], bytes]:
             response = events_post(ASGIRequest(scope, io.BytesIO(body)))
+            if response.status_code >= 500:  # client errors are answered, not logged
+                logger.error("%s: %s", response.reason_phrase, scope.get("path"))
             headers = [
                 (name.lower().encode("latin-1"), value.encode("latin-1"))
                 for name, value in response.items()
