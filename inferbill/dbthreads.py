@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -27,7 +28,9 @@ def future_resolve(
         else:
             future.set_result(outcome)
 
-    loop.call_soon_threadsafe(resolve)
+    # RuntimeError: the loop is closed (shutdown), and nobody awaits the answer.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(resolve)
 
 
 class DatabaseThreads:

@@ -19,8 +19,9 @@ request's failure (a month without its partition yet) is its own. Writing again
 is safe for the same reason a client retry is: a write that did commit after all
 comes back as duplicates.
 
-Each process (a gunicorn worker with its event loop) holds a few writer threads
-for this, each with a connection of its own opened on first use with the Django
+Each process (a gunicorn worker with its event loop) holds its writer threads for
+this (INFERBILL_GROUP_COMMIT_CONNECTIONS, default one: fewer writers make fuller
+groups), each with a connection of its own opened on first use with the Django
 database settings.
 """
 
@@ -228,8 +229,10 @@ class GroupWriter:
                     group.append(pending)
                 try:
                     conn = self._flush(conn, group)
-                except BaseException:  # never lose the thread; the jobs have their answers
+                except BaseException as exc:  # never lose the thread, nor a request
                     logger.exception("group writer")
+                    for pending in group:
+                        pending.answer(exc)  # those already answered keep their answer
                     conn = None
         finally:
             if conn is not None:
