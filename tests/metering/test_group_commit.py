@@ -362,14 +362,15 @@ def test_a_failing_job_in_a_group_fails_alone(
 
 
 def _writer_backends() -> list[int]:
-    """Backends other than this test's that last ran the group statement."""
-    with connection.cursor() as cursor:
-        cursor.execute(
+    """The backends that last ran the group statement (asked on a connection of its
+    own, closed after)."""
+    with psycopg.connect(**connection_kwargs(), autocommit=True) as observer:
+        rows = observer.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
             "AND pid <> pg_backend_pid() AND query LIKE %s",
             ["%WITH s AS (%SELECT * FROM unnest(%"],
-        )
-        return [pid for (pid,) in cursor.fetchall()]
+        ).fetchall()
+    return [pid for (pid,) in rows]
 
 
 def test_a_writer_whose_connection_died_writes_on_a_new_one(
