@@ -405,13 +405,10 @@ def _store_postgres(
     conflicts: list[str] = []
     nested = connection.in_atomic_block
     if len(rows) < COPY_THRESHOLD:
-        write = small_write(
-            source_id=source_id,
-            rows=rows,
-            received_at=received_at,
-            confirm_key_id=confirm_key_id,
-        )
-        insert_sql, conflicts_sql, params = write.insert_sql, write.conflicts_sql, write.params
+        insert_sql, conflicts_sql = _values_sql(len(rows))
+        for i, row in enumerate(rows):
+            for j, value in enumerate(_row_values(row)):
+                params[f"v{i}_{j}"] = value
 
         # One statement. Outside a transaction it is a transaction of its own, committed
         # before execute() returns, which saves the BEGIN and COMMIT round trips; inside
@@ -490,36 +487,6 @@ def result_add(
     result.accepted += accepted
     result.duplicates += len(rows) - accepted
     result.batch_id = batch_id
-
-
-@dataclass(frozen=True, slots=True)
-class SmallWrite:
-    """The one statement that stores fewer than COPY_THRESHOLD rows (claim, insert
-    and the key check together; it answers the batch id, None when the key to
-    confirm is inactive, and how many rows were new), the statement that names the
-    conflicting duplicates, to run after it in the same transaction when not every
-    row was new, and their parameters."""
-
-    insert_sql: str
-    conflicts_sql: str
-    params: dict[str, Any]
-    n_rows: int
-
-
-def small_write(
-    *, source_id: int, rows: list[EventRow], received_at: datetime, confirm_key_id: int | None
-) -> SmallWrite:
-    assert 0 < len(rows) < COPY_THRESHOLD
-    insert_sql, conflicts_sql = _values_sql(len(rows))
-    params: dict[str, Any] = {
-        "source_id": source_id,
-        "received_at": received_at,
-        "key_id": confirm_key_id,
-    }
-    for i, row in enumerate(rows):
-        for j, value in enumerate(_row_values(row)):
-            params[f"v{i}_{j}"] = value
-    return SmallWrite(insert_sql, conflicts_sql, params, len(rows))
 
 
 def _store_sqlite(
