@@ -64,8 +64,7 @@ class EventsEndpoint:
 
     def __init__(self, *, db_threads: int = 4, group_connections: int = 1) -> None:
         self._threads = DatabaseThreads(db_threads, name="inferbill-db")
-        self._group_connections = group_connections
-        self._writer: GroupWriter | None = None
+        self._writer = GroupWriter(connections=group_connections)
         # Read once: on the event loop, each task would get a database wrapper of its own.
         self._postgres = connection.vendor == "postgresql"
 
@@ -151,7 +150,7 @@ class EventsEndpoint:
             source_id=source_id, rows=rows, received_at=received_at, confirm_key_id=key_id
         )
         try:
-            outcome = await self._group_writer().write(job)
+            outcome = await self._writer.write(job)
         except psycopg.OperationalError as exc:
             raise _Unavailable from exc
         except psycopg.Error:
@@ -200,16 +199,8 @@ class EventsEndpoint:
 
     def close(self) -> None:
         """Stop the threads and close their database connections."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._writer.close()
         self._threads.close()
-
-    def _group_writer(self) -> GroupWriter:
-        # Started on first use, in the worker process (never before gunicorn forks).
-        if self._writer is None:
-            self._writer = GroupWriter(connections=self._group_connections)
-        return self._writer
 
 
 async def _read_body(receive: Receive, *, limit: int) -> bytes:

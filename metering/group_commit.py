@@ -161,21 +161,15 @@ class _Pending:
 
 
 def connection_kwargs() -> dict[str, Any]:
-    """psycopg connection arguments for the Django default database, read when a
-    connection is opened (tests point Django at their own database first)."""
-    settings = connections["default"].settings_dict
-    kwargs: dict[str, Any] = {
-        "dbname": settings["NAME"],
-        "user": settings["USER"] or None,
-        "password": settings["PASSWORD"] or None,
-        "host": settings["HOST"] or None,
-        "port": settings["PORT"] or None,
-    }
-    options = settings.get("OPTIONS", {})
-    for name in ("connect_timeout", "sslmode", "application_name", "options"):
-        if name in options:
-            kwargs[name] = options[name]
-    return {k: v for k, v in kwargs.items() if v is not None}
+    """psycopg connection arguments for the Django default database, as Django's own
+    connections get them (every OPTIONS entry, DATABASE_PREPARE_THRESHOLD included),
+    read when a connection is opened (tests point Django at their own database
+    first). Without Django's cursor class and adapters: the writer binds its
+    parameters on the server, as prepared statements."""
+    kwargs = connections["default"].get_connection_params()
+    kwargs.pop("cursor_factory", None)
+    kwargs.pop("context", None)
+    return kwargs
 
 
 class GroupWriter:
@@ -191,16 +185,20 @@ class GroupWriter:
     def __init__(self, *, connections: int = 1, max_group: int = 64) -> None:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._max_group = max_group
-        self._threads = [
-            threading.Thread(target=self._run, name=f"inferbill-group-{i}", daemon=True)
-            for i in range(connections)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._count = connections
+        self._threads: list[threading.Thread] = []
 
     async def write(self, job: GroupJob) -> WriteOutcome:
         """Store one request's rows; returns after the commit. Raises what the
         write raised when it failed alone (psycopg errors)."""
+        if not self._threads:
+            # Started on first use, in the process that serves (see DatabaseThreads).
+            self._threads = [
+                threading.Thread(target=self._run, name=f"inferbill-group-{i}", daemon=True)
+                for i in range(self._count)
+            ]
+            for thread in self._threads:
+                thread.start()
         loop = asyncio.get_running_loop()
         pending = _Pending(job, loop, loop.create_future())
         self._queue.put(pending)
@@ -212,6 +210,7 @@ class GroupWriter:
             self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout=30)
+        self._threads = []
 
     def _run(self) -> None:
         conn: psycopg.Connection[Any] | None = None
