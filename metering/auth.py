@@ -141,7 +141,7 @@ def _last_used_stamp(key_id: int, last_used_at: datetime | None) -> datetime | N
     the value it now has, as far as this call knows."""
     now = timezone.now()
     if _stamp_due(last_used_at, now):
-        stale_before = now - timedelta(seconds=ApiKey.LAST_USED_RESOLUTION_SECONDS)
+        stale_before = _stale_before(now)
         # Conditional, so of many concurrent requests on a stale key only one writes.
         ApiKey.objects.filter(
             Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before), pk=key_id
@@ -150,9 +150,12 @@ def _last_used_stamp(key_id: int, last_used_at: datetime | None) -> datetime | N
     return last_used_at
 
 
+def _stale_before(now: datetime) -> datetime:
+    return now - timedelta(seconds=ApiKey.LAST_USED_RESOLUTION_SECONDS)
+
+
 def _stamp_due(last_used_at: datetime | None, now: datetime) -> bool:
-    stale_before = now - timedelta(seconds=ApiKey.LAST_USED_RESOLUTION_SECONDS)
-    return last_used_at is None or last_used_at < stale_before
+    return last_used_at is None or last_used_at < _stale_before(now)
 
 
 MALFORMED_AUTHORIZATION = "Authorization must be 'Bearer <api key>'."
