@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+import psycopg
 from django.db import InterfaceError, OperationalError, connection
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 T = TypeVar("T")
 
@@ -32,3 +36,40 @@ def first_query(run: Callable[[], T]) -> T:
                 raise
             connection.close()
     raise AssertionError("unreachable: the loop returns or raises")
+
+
+class UuidArray(bytes):
+    """A uuid[] in PostgreSQL's binary array format, sent as a query parameter as it
+    is: the server reads 16 bytes per element where the text form (32 hex digits and
+    a comma each) costs it a parse per element, and building it costs one join."""
+
+    # The header: one dimension, no NULLs, element type uuid; then the dimension's
+    # length and lower bound (1).
+    _HEADER = struct.Struct("!iiiii")
+    _ELEMENT_LENGTH = (16).to_bytes(4, "big")
+
+    @classmethod
+    def of(cls, uuids: Sequence[bytes]) -> UuidArray:
+        """The array of `uuids`, each 16 bytes."""
+        if any(len(u) != 16 for u in uuids):
+            raise ValueError("each uuid must be 16 bytes")
+        if not uuids:
+            return cls(cls._HEADER.pack(0, 0, UUID_OID, 0, 0)[:12])  # no dimension
+        length = cls._ELEMENT_LENGTH
+        return cls(cls._HEADER.pack(1, 0, UUID_OID, len(uuids), 1) + length + length.join(uuids))
+
+
+UUID_OID = 2950
+UUID_ARRAY_OID = 2951
+
+
+class _UuidArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = UUID_ARRAY_OID
+
+    def dump(self, obj: Any) -> bytes:
+        return obj  # type: ignore[no-any-return]
+
+
+# On the global map, from which every new connection's (Django's too) is copied.
+psycopg.adapters.register_dumper(UuidArray, _UuidArrayDumper)
