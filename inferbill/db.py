@@ -6,7 +6,6 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import psycopg
 from django.db import InterfaceError, OperationalError, connection
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
@@ -51,7 +50,7 @@ class UuidArray(bytes):
     @classmethod
     def of(cls, uuids: Sequence[bytes]) -> UuidArray:
         """The array of `uuids`, each 16 bytes."""
-        if any(len(u) != 16 for u in uuids):
+        if set(map(len, uuids)) - {16}:
             raise ValueError("each uuid must be 16 bytes")
         if not uuids:
             return cls(cls._HEADER.pack(0, 0, UUID_OID, 0, 0)[:12])  # no dimension
@@ -71,5 +70,10 @@ class _UuidArrayDumper(Dumper):
         return obj  # type: ignore[no-any-return]
 
 
-# On the global map, from which every new connection's (Django's too) is copied.
-psycopg.adapters.register_dumper(UuidArray, _UuidArrayDumper)
+def uuid_array_register(*, connection: Any, **_: Any) -> None:
+    """Teach a new Django connection to send UuidArray (connection_created receiver,
+    metering.apps). Per connection, not on psycopg's global map: a connection copies
+    the global map when it is made, so one made before this module was imported
+    would send the array as bytea."""
+    if connection.vendor == "postgresql":
+        connection.connection.adapters.register_dumper(UuidArray, _UuidArrayDumper)

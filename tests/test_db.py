@@ -6,7 +6,7 @@ import uuid
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 from inferbill.db import UuidArray
 
@@ -46,3 +46,17 @@ def test_empty_uuid_array_is_an_empty_array() -> None:
 def test_uuid_array_refuses_an_element_that_is_not_16_bytes() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         UuidArray.of([uuid.uuid4().bytes, b"short"])
+
+
+def test_every_new_django_connection_can_send_a_uuid_array() -> None:
+    # A connection made after start-up (a new thread's, a reconnect) gets the dumper
+    # from the connection_created receiver, not from import order.
+    fresh = connections.create_connection("default")
+    try:
+        fresh.ensure_connection()
+        key = uuid.uuid4()
+        with psycopg.Cursor(fresh.connection) as cursor:
+            cursor.execute("SELECT (%(a)s::uuid[])[1]", {"a": UuidArray.of([key.bytes])})
+            assert cursor.fetchone() == (key,)
+    finally:
+        fresh.close()
