@@ -741,6 +741,38 @@ def test_content_hash_ignores_a_defaulted_timestamp() -> None:
     assert c.content_hash() == ok(base(timestamp="2026-11-26T12:00:00+01:00")).content_hash()
 
 
+def test_stored_keys_stay_valid_across_releases() -> None:
+    # The keys and content hashes already stored decide what a retry is: the digests
+    # of the same event must never change (the figures were made by the first release).
+    native = NormalizedEvent(
+        event_id="evt-1",
+        customer="org_1",
+        timestamp=datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        model="gpt-4o",
+        provider="openai",
+        input_tokens=100,
+        cache_read_input_tokens=20,
+        output_tokens=50,
+        reasoning_output_tokens=10,
+        gpu_seconds=Decimal("1.250000"),
+        latency_ms=321,
+        properties={"region": "eu", "stream": True},
+    )
+    cloud = NormalizedEvent(
+        event_id="ce-1",
+        customer="org_1",
+        timestamp=datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC),
+        model="m",
+        ce_source="https://x.example/src",
+        ce_type="t",
+        timestamp_given=False,
+    )
+    assert native.key_hash(source_id=7).hex() == "aa3ab793474f2821ad004152ae910115"
+    assert native.content_hash().hex() == "15396cdb5e7a01d5d824c7e6754295de"
+    assert cloud.key_hash(source_id=7).hex() == "705104304ae3e30a1406025b1a50e015"
+    assert cloud.content_hash().hex() == "4614c0f85350499e8d41292eca342ee7"
+
+
 def test_raw_event_id_echo() -> None:
     assert normalize.raw_event_id({"event_id": "abc"}, cloudevents=False) == "abc"
     assert normalize.raw_event_id({"id": "abc"}, cloudevents=True) == "abc"
