@@ -20,17 +20,21 @@ def first_query(run: Callable[[], T]) -> T:
     A kept connection can have died with the server since (a database restart): if
     `run` fails on a broken connection outside a transaction, it is run once more on
     a fresh one, so `run` must be safe to repeat. A failure on a live connection (a
-    deadlock, a constraint) is not retried here. After a success the connection
-    counts as checked for this request."""
+    deadlock, a constraint) is not retried here. The connection counts as checked
+    for this request, so that Django does not check it again (it would, for one,
+    when `run` opens a transaction)."""
     for attempt in (0, 1):
+        kept = None
         try:
             with connection.wrap_database_errors:
                 connection.ensure_connection()
-                result = run()
-            connection.health_check_done = True
-            return result
+                kept = connection.connection
+                connection.health_check_done = True
+                return run()
         except (OperationalError, InterfaceError):
-            broken = connection.connection is None or connection.connection.closed
+            # Broken: closed, or dropped already (a transaction that `run` opened and
+            # could not roll back drops its connection, and may have opened a new one).
+            broken = kept is None or kept.closed or connection.connection is not kept
             if attempt or connection.in_atomic_block or not broken:
                 raise
             connection.close()

@@ -162,8 +162,9 @@ _CLAIM_SQL = f"""
 # The same claim, for when no key is stored yet (the common case: new events): a
 # plain INSERT checks each key's uniqueness in the one index descent that inserts
 # it, where ON CONFLICT first probes the index for every key and then descends
-# again to insert. A single stored key makes it fail (unique_violation), and then
-# the claim above runs instead, in the same transaction.
+# again to insert. A single stored key makes it fail (unique_violation): then the
+# transaction is rolled back and the claim above runs in a new one. (It is the
+# transaction's first statement, so nothing else is lost, and no savepoint is needed.)
 _CLAIM_NEW_SQL = f"""
     WITH {_BATCH_CTE}, claimed AS (
         INSERT INTO metering_eventkey (key_hash, content_hash)
@@ -438,41 +439,59 @@ def _store_postgres(
         params["keys"] = UuidArray.of([row.key for row in rows])
         params["contents"] = UuidArray.of([row.content for row in rows])
         params["n"] = len(rows)
-        with transaction.atomic(), connection.wrap_database_errors:
-            connection.ensure_connection()
-            with psycopg.Cursor(connection.connection) as cursor:
-                batch_id, accepted, claimed_keys = _claim(cursor, params)
-                if batch_id is None:
-                    raise KeyInactive
-                claimed = rows
-                if accepted < len(rows):
-                    kept = set(claimed_keys.split(",")) if accepted else set()
-                    claimed = [row for row in rows if row.key_hex in kept]
-                if claimed:
-                    with cursor.copy(_COPY_SQL) as copy:
-                        copy.write(_copy_text(claimed, batch_id=batch_id, source_id=source_id))
-                if accepted < len(rows):
-                    cursor.execute(_CLAIM_CONFLICTS_SQL, params, prepare=True)
-                    differing = {r[0] for r in cursor.fetchall()}
-                    conflicts.extend(row.event.event_id for row in rows if row.key_hex in differing)
+
+        def store() -> tuple[int | None, int]:
+            try:
+                return _store_copy(_CLAIM_NEW_SQL, rows=rows, params=params, conflicts=conflicts)
+            except _KeyStored:
+                # Some key is stored already (a retry, a duplicate) or was just stored by
+                # a concurrent request; that transaction is rolled back: claim key by key.
+                return _store_copy(_CLAIM_SQL, rows=rows, params=params, conflicts=conflicts)
+
+        # The request's first query, in place of Django's health check (see first_query);
+        # a repeat is safe, as above.
+        batch_id, accepted = first_query(store)
     result_add(result, rows=rows, batch_id=batch_id, accepted=accepted, conflicts=conflicts)
 
 
-def _claim(cursor: psycopg.Cursor[Any], params: dict[str, Any]) -> tuple[Any, ...]:
-    """(batch id, keys claimed, which keys when not all) for a COPY-path batch,
-    inside the caller's transaction."""
-    cursor.execute("SAVEPOINT claim_new")
-    try:
-        cursor.execute(_CLAIM_NEW_SQL, params, prepare=True)
+class _KeyStored(Exception):
+    """The plain claim met a key that is stored already; nothing was written."""
+
+
+def _store_copy(
+    claim_sql: str, *, rows: list[EventRow], params: dict[str, Any], conflicts: list[str]
+) -> tuple[int | None, int]:
+    """One transaction of the COPY path: claim the keys with `claim_sql`, COPY the
+    events whose keys it claimed, list the conflicts. Returns (batch id, accepted)."""
+    source_id = params["source_id"]
+    with (
+        transaction.atomic(),
+        connection.wrap_database_errors,
+        psycopg.Cursor(connection.connection) as cursor,
+    ):
+        try:
+            cursor.execute(claim_sql, params, prepare=True)
+        except psycopg.errors.UniqueViolation:
+            if claim_sql is not _CLAIM_NEW_SQL:
+                raise
+            raise _KeyStored from None
         row = cursor.fetchone()
-    except psycopg.errors.UniqueViolation:
-        # Some key is stored already (a retry, a duplicate) or was just stored by a
-        # concurrent request: claim key by key instead.
-        cursor.execute("ROLLBACK TO SAVEPOINT claim_new")
-        cursor.execute(_CLAIM_SQL, params, prepare=True)
-        row = cursor.fetchone()
-    assert row is not None
-    return tuple(row)
+        assert row is not None
+        batch_id, accepted, claimed_keys = row
+        if batch_id is None:
+            raise KeyInactive
+        claimed = rows
+        if accepted < len(rows):
+            kept = set(claimed_keys.split(",")) if accepted else set()
+            claimed = [row for row in rows if row.key_hex in kept]
+        if claimed:
+            with cursor.copy(_COPY_SQL) as copy:
+                copy.write(_copy_text(claimed, batch_id=batch_id, source_id=source_id))
+        if accepted < len(rows):
+            cursor.execute(_CLAIM_CONFLICTS_SQL, params, prepare=True)
+            differing = {r[0] for r in cursor.fetchall()}
+            conflicts[:] = [row.event.event_id for row in rows if row.key_hex in differing]
+    return batch_id, accepted
 
 
 def result_add(

@@ -187,16 +187,19 @@ def test_timestamps_stored_as_the_instant_validated(transactional_db: None) -> N
     assert (retry.accepted, retry.duplicates, retry.conflicts) == (0, 4, [])
 
 
-def test_a_connection_that_died_since_the_last_request_is_replaced(transactional_db: None) -> None:
-    """A small batch's single statement can be a request's first query (its key was
-    recalled): if the kept connection died meanwhile (a database restart), it is
-    replaced and the events stored, not refused."""
+@pytest.mark.parametrize("size", [2, COPY_THRESHOLD + 4], ids=["values", "copy"])
+def test_a_connection_that_died_since_the_last_request_is_replaced(
+    transactional_db: None, size: int
+) -> None:
+    """A write is a request's first query when its key was recalled (no Django health
+    check runs before it): if the kept connection died meanwhile (a database
+    restart), it is replaced and the events stored, not refused."""
     source = Source.objects.create(name="reconnect")
     assert events_store(source_id=source.id, events=_plain("a", 1), received_at=timezone.now())
     pid = connection.connection.info.backend_pid
     with psycopg.connect(connection.connection.info.dsn, autocommit=True) as admin:
         assert admin.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone() == (True,)
-    result = events_store(source_id=source.id, events=_plain("b", 2), received_at=timezone.now())
-    assert (result.accepted, result.duplicates) == (2, 0)
+    result = events_store(source_id=source.id, events=_plain("b", size), received_at=timezone.now())
+    assert (result.accepted, result.duplicates) == (size, 0)
     assert connection.connection.info.backend_pid != pid
-    assert Event.objects.filter(source=source).count() == 3
+    assert Event.objects.filter(source=source).count() == 1 + size
