@@ -299,6 +299,10 @@ class PhaseResult:
     errors: list[str]
     app_cpu_s: float = 0.0
     db_cpu_s: float = 0.0
+    # The share of all cores busy with anything (load generator, kernel, other work).
+    machine_busy: float = 0.0
+    # CPU seconds of each gunicorn process (master first), largest first after it.
+    process_cpu_s: list[float] = field(default_factory=list)
 
     def pct(self, q: float) -> float:
         values = sorted(self.latencies_ms)
@@ -372,6 +376,17 @@ def _cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            ticks = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -533,9 +548,14 @@ def measured_http(
         return run_http_phase(requests, **kwargs)
     app_pids = _descendants(server_pid)
     app0, db0 = meter.snapshot(app_pids)
+    busy0, total0 = _machine_jiffies()
     phase = run_http_phase(requests, **kwargs)
+    busy1, total1 = _machine_jiffies()
     app1, db1 = meter.snapshot(app_pids)
     phase.app_cpu_s, phase.db_cpu_s = meter.spent(app0, app1), meter.spent(db0, db1)
+    phase.process_cpu_s = sorted((app1[pid] - app0.get(pid, 0.0) for pid in app_pids), reverse=True)
+    if total1 > total0:
+        phase.machine_busy = (busy1 - busy0) / (total1 - total0)
     return phase
 
 
@@ -562,6 +582,13 @@ def describe(label: str, phase: PhaseResult, *, unit: str = "events") -> str:
             f"\n{'':<34} CPU per {what}: Python {phase.app_cpu_s * per * 1000:.2f} ms, "
             f"PostgreSQL {phase.db_cpu_s * per * 1000:.2f} ms"
         )
+        if phase.machine_busy:
+            line += f"; machine busy {phase.machine_busy:.0%} of {os.cpu_count()} cores"
+        if len(phase.process_cpu_s) > 1:
+            # A worker's Python runs under one GIL: a worker near 100% while others idle
+            # means the clients' connections landed unevenly.
+            shares = ", ".join(f"{cpu / phase.seconds:.0%}" for cpu in phase.process_cpu_s)
+            line += f"\n{'':<34} gunicorn processes, CPU over the phase: {shares}"
     return line
 
 
