@@ -301,7 +301,7 @@ class PhaseResult:
     db_cpu_s: float = 0.0
     # The share of all cores busy with anything (load generator, kernel, other work).
     machine_busy: float = 0.0
-    # CPU seconds of each gunicorn process (master first), largest first after it.
+    # CPU seconds of each gunicorn process (the master among them), largest first.
     process_cpu_s: list[float] = field(default_factory=list)
 
     def pct(self, q: float) -> float:

@@ -7,11 +7,12 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from django.db import connections
 
 T = TypeVar("T")
+W = TypeVar("W")
 
 
 def future_resolve(
@@ -33,33 +34,32 @@ def future_resolve(
         loop.call_soon_threadsafe(resolve)
 
 
-class DatabaseThreads:
-    """A fixed set of threads, each keeping its own Django database connection
-    between calls (CONN_MAX_AGE, as a gunicorn thread does) and closing it when the
-    set is closed, so that nothing holds a session after shutdown."""
+class QueueThreads(Generic[W]):
+    """`count` threads that each run `serve(queue)` on one shared queue until it
+    hands them a None.
 
-    def __init__(self, count: int, *, name: str) -> None:
-        self._count, self._name = count, name
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    Started on first `put`, in the process that serves: gunicorn loads the
+    application in its master and forks, and threads do not survive a fork.
+    `close()` queues a None for each thread, after what is queued, and waits."""
+
+    def __init__(
+        self, count: int, *, name: str, serve: Callable[[queue.SimpleQueue[W | None]], None]
+    ) -> None:
+        self._count, self._name, self._serve = count, name, serve
+        self._queue: queue.SimpleQueue[W | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
 
-    async def run(self, call: Callable[[], T]) -> T:
+    def put(self, item: W) -> None:
         if not self._threads:
-            # Started on first use, in the process that serves: gunicorn loads the
-            # application in its master and forks, and threads do not survive a fork.
-            self._start()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((call, loop, future))
-        return await future
-
-    def _start(self) -> None:
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"{self._name}-{i}", daemon=True)
-            for i in range(self._count)
-        ]
-        for thread in self._threads:
-            thread.start()
+            self._threads = [
+                threading.Thread(
+                    target=self._serve, args=(self._queue,), name=f"{self._name}-{i}", daemon=True
+                )
+                for i in range(self._count)
+            ]
+            for thread in self._threads:
+                thread.start()
+        self._queue.put(item)
 
     def close(self) -> None:
         for _ in self._threads:
@@ -68,14 +68,38 @@ class DatabaseThreads:
             thread.join(timeout=30)
         self._threads = []
 
-    def _serve(self) -> None:
-        try:
-            while (work := self._queue.get()) is not None:
-                call, loop, future = work
-                try:
-                    outcome, failed = call(), False
-                except BaseException as exc:
-                    outcome, failed = exc, True
-                future_resolve(loop, future, outcome, failed)
-        finally:
-            connections.close_all()
+
+_Work = tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]]
+
+
+class DatabaseThreads:
+    """A fixed set of threads, each keeping its own Django database connection
+    between calls (CONN_MAX_AGE, as a gunicorn thread does) and closing it when the
+    set is closed, so that nothing holds a session after shutdown."""
+
+    def __init__(self, count: int, *, name: str) -> None:
+        self._threads: QueueThreads[_Work] = QueueThreads(count, name=name, serve=_serve)
+
+    async def run(self, call: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._threads.put((call, loop, future))
+        return await future
+
+    def close(self) -> None:
+        self._threads.close()
+
+
+def _serve(work_queue: queue.SimpleQueue[_Work | None]) -> None:
+    """A database thread: run each call, settle its future, close the thread's
+    connections when told to stop."""
+    try:
+        while (work := work_queue.get()) is not None:
+            call, loop, future = work
+            try:
+                outcome, failed = call(), False
+            except BaseException as exc:
+                outcome, failed = exc, True
+            future_resolve(loop, future, outcome, failed)
+    finally:
+        connections.close_all()

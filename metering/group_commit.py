@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -38,7 +37,7 @@ from typing import Any
 import psycopg
 from django.db import connections
 
-from inferbill.dbthreads import future_resolve
+from inferbill.dbthreads import QueueThreads, future_resolve
 from metering.fields import SUMMED_FIELDS
 from metering.ingest import EventRow
 from metering.models import SCOPE_INGEST
@@ -112,7 +111,7 @@ CONFLICTS_SQL = """
 """
 
 
-_TEXT_COLUMNS = ("event_id", "ce_source", "ce_type", "customer", "model", "provider", "hardware")
+_TEXT_COLUMNS = tuple(name for name, kind in _ARRAY_COLUMNS if kind == "text")
 
 
 def _quoted(value: str) -> str:
@@ -183,47 +182,35 @@ class GroupWriter:
     its future."""
 
     def __init__(self, *, connections: int = 1, max_group: int = 64) -> None:
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._max_group = max_group
-        self._count = connections
-        self._threads: list[threading.Thread] = []
+        self._threads: QueueThreads[_Pending] = QueueThreads(
+            connections, name="inferbill-group", serve=self._run
+        )
 
     async def write(self, job: GroupJob) -> WriteOutcome:
         """Store one request's rows; returns after the commit. Raises what the
         write raised when it failed alone (psycopg errors)."""
-        if not self._threads:
-            # Started on first use, in the process that serves (see DatabaseThreads).
-            self._threads = [
-                threading.Thread(target=self._run, name=f"inferbill-group-{i}", daemon=True)
-                for i in range(self._count)
-            ]
-            for thread in self._threads:
-                thread.start()
         loop = asyncio.get_running_loop()
         pending = _Pending(job, loop, loop.create_future())
-        self._queue.put(pending)
+        self._threads.put(pending)
         return await pending.future
 
     def close(self) -> None:
         """Stop the writer threads (after what is queued) and close their connections."""
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout=30)
-        self._threads = []
+        self._threads.close()
 
-    def _run(self) -> None:
+    def _run(self, jobs: queue.SimpleQueue[_Pending | None]) -> None:
         conn: psycopg.Connection[Any] | None = None
         try:
-            while (first := self._queue.get()) is not None:
+            while (first := jobs.get()) is not None:
                 group = [first]
                 while len(group) < self._max_group:
                     try:
-                        pending = self._queue.get_nowait()
+                        pending = jobs.get_nowait()
                     except queue.Empty:
                         break
                     if pending is None:  # close(): this thread stops after this group
-                        self._queue.put(None)
+                        jobs.put(None)
                         break
                     group.append(pending)
                 try:

@@ -1,11 +1,12 @@
 """The ingest write path: validated events in, each stored exactly once.
 
 PostgreSQL, in one transaction: one statement claims the batch's idempotency keys
-(`INSERT … SELECT FROM unnest(keys) ON CONFLICT DO NOTHING RETURNING`, the keys
-sent as two array parameters), then the events whose keys it claimed are COPYed
-straight into the partitioned event table, which routes each row to its month.
-Two requests racing on the same key both try the key insert; PostgreSQL lets one
-win and the other wait for it and skip, so no event lands twice. Keys go in
+(`INSERT … SELECT FROM unnest(keys) RETURNING`, the keys sent as two array
+parameters; if any key is stored already, the transaction is rolled back and a new
+one claims with ON CONFLICT DO NOTHING), then the events whose keys it claimed are
+COPYed straight into the partitioned event table, which routes each row to its
+month. Two requests racing on the same key both try the key insert; PostgreSQL lets
+one win and the other wait for it and then fail or skip, so no event lands twice. Keys go in
 sorted order so that two overlapping batches lock keys in the same order and
 cannot deadlock each other. Below COPY_THRESHOLD events, one autocommitted
 statement over a VALUES list does claim and insert together.
@@ -147,33 +148,31 @@ def _values_cte(n_rows: int) -> str:
 # binary form (inferbill.db.UuidArray: the text form of 2 x 1,000 keys cost the
 # server 1.3 ms to parse, the binary 0.3 ms) and returns the batch id, how many keys
 # it claimed and, only when that is not all of them, which.
-_CLAIM_SQL = f"""
-    WITH {_BATCH_CTE}, claimed AS (
-        INSERT INTO metering_eventkey (key_hash, content_hash)
-        SELECT k, c FROM unnest(%(keys)s::uuid[], %(contents)s::uuid[]) AS t (k, c)
-        CROSS JOIN batch ORDER BY k
-        ON CONFLICT DO NOTHING
-        RETURNING key_hash
-    )
-    SELECT (SELECT id FROM batch), count(*),
-           CASE WHEN count(*) < %(n)s THEN string_agg(replace(key_hash::text, '-', ''), ',') END
-    FROM claimed
-"""
-# The same claim, for when no key is stored yet (the common case: new events): a
-# plain INSERT checks each key's uniqueness in the one index descent that inserts
-# it, where ON CONFLICT first probes the index for every key and then descends
-# again to insert. A single stored key makes it fail (unique_violation): then the
-# transaction is rolled back and the claim above runs in a new one. (It is the
-# transaction's first statement, so nothing else is lost, and no savepoint is needed.)
-_CLAIM_NEW_SQL = f"""
-    WITH {_BATCH_CTE}, claimed AS (
-        INSERT INTO metering_eventkey (key_hash, content_hash)
-        SELECT k, c FROM unnest(%(keys)s::uuid[], %(contents)s::uuid[]) AS t (k, c)
-        CROSS JOIN batch ORDER BY k
-        RETURNING 1
-    )
-    SELECT (SELECT id FROM batch), count(*), NULL FROM claimed
-"""
+#
+# It comes in two kinds. For new keys (the common case) a plain INSERT checks each
+# key's uniqueness in the one index descent that inserts it, where ON CONFLICT first
+# probes the index for every key and then descends again to insert. A single stored
+# key makes the plain one fail (unique_violation): then its transaction is rolled
+# back and the ON CONFLICT one runs in a new one. (The claim is the transaction's
+# first statement, so nothing else is lost, and no savepoint is needed.)
+def _claim_sql(*, on_conflict: bool) -> str:
+    return f"""
+        WITH {_BATCH_CTE}, claimed AS (
+            INSERT INTO metering_eventkey (key_hash, content_hash)
+            SELECT k, c FROM unnest(%(keys)s::uuid[], %(contents)s::uuid[]) AS t (k, c)
+            CROSS JOIN batch ORDER BY k
+            {"ON CONFLICT DO NOTHING" if on_conflict else ""}
+            RETURNING key_hash
+        )
+        SELECT (SELECT id FROM batch), count(*),
+               CASE WHEN count(*) < %(n)s
+                    THEN string_agg(replace(key_hash::text, '-', ''), ',') END
+        FROM claimed
+    """
+
+
+_CLAIM_NEW_SQL = _claim_sql(on_conflict=False)
+_CLAIM_SQL = _claim_sql(on_conflict=True)
 # Of the keys that were already stored, those whose content differs from this send.
 _CLAIM_CONFLICTS_SQL = """
     SELECT replace(t.k::text, '-', '')
@@ -442,11 +441,11 @@ def _store_postgres(
 
         def store() -> tuple[int | None, int]:
             try:
-                return _store_copy(_CLAIM_NEW_SQL, rows=rows, params=params, conflicts=conflicts)
+                return _store_copy(new_keys=True, rows=rows, params=params, conflicts=conflicts)
             except _KeyStored:
                 # Some key is stored already (a retry, a duplicate) or was just stored by
                 # a concurrent request; that transaction is rolled back: claim key by key.
-                return _store_copy(_CLAIM_SQL, rows=rows, params=params, conflicts=conflicts)
+                return _store_copy(new_keys=False, rows=rows, params=params, conflicts=conflicts)
 
         # The request's first query, in place of Django's health check (see first_query);
         # a repeat is safe, as above.
@@ -459,10 +458,11 @@ class _KeyStored(Exception):
 
 
 def _store_copy(
-    claim_sql: str, *, rows: list[EventRow], params: dict[str, Any], conflicts: list[str]
+    *, new_keys: bool, rows: list[EventRow], params: dict[str, Any], conflicts: list[str]
 ) -> tuple[int | None, int]:
-    """One transaction of the COPY path: claim the keys with `claim_sql`, COPY the
-    events whose keys it claimed, list the conflicts. Returns (batch id, accepted)."""
+    """One transaction of the COPY path: claim the keys (with the plain claim when
+    `new_keys`, raising _KeyStored if one is stored), COPY the events whose keys it
+    claimed, list the conflicts. Returns (batch id, accepted)."""
     source_id = params["source_id"]
     with (
         transaction.atomic(),
@@ -470,9 +470,9 @@ def _store_copy(
         psycopg.Cursor(connection.connection) as cursor,
     ):
         try:
-            cursor.execute(claim_sql, params, prepare=True)
+            cursor.execute(_CLAIM_NEW_SQL if new_keys else _CLAIM_SQL, params, prepare=True)
         except psycopg.errors.UniqueViolation:
-            if claim_sql is not _CLAIM_NEW_SQL:
+            if not new_keys:
                 raise
             raise _KeyStored from None
         row = cursor.fetchone()
